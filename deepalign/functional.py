@@ -1,0 +1,365 @@
+r"""Pure functions: covariance statistics, the covariance alignment loss, its analytic gradient
+and the closed-form optimal alignment. All input validation lives here; the modules in
+:mod:`deepalign.alignment` hold hyperparameters and delegate to these functions.
+
+Notation follows [Lai2023]_: a batch of features is a matrix :math:`M \in \mathbb{R}^{N\times d}`
+(``N`` rows, ``d`` columns), :math:`\tilde M = M - \mathbf{1}\bar m^\top` its column-centred copy.
+The derivations, and the errata of the paper's printed equations, are on the
+:doc:`/mathematics` page.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deepalign._checks import (
+    check_finite,
+    check_min_rows,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    compute_dtype,
+)
+
+__all__ = [
+    "coral_transform",
+    "covariance",
+    "covariance_alignment_grad",
+    "covariance_alignment_loss",
+    "covariance_distance",
+    "named_covariance",
+]
+
+
+def _no_autocast(device: torch.device) -> torch.autocast:
+    """A context that turns autocast off: the statistics must not be computed in fp16/bf16."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype`` minus its column means (the two-pass form of Eq. 12)."""
+    x = x.to(dtype)
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def _check_features(x: object, name: str, *, min_rows: int) -> torch.Tensor:
+    x = check_tensor(x, name)
+    check_shape(x, name, ("N", "d"))
+    check_min_rows(x, name, min_rows)
+    return x
+
+
+def _raise_non_finite(c: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    """Turn a NaN/Inf statistic into an error saying whether the input or the maths is to blame."""
+    if not bool(torch.isfinite(c).all()):
+        check_finite(x, name)
+        raise ValueError(
+            f"{name}: the covariance overflowed in {c.dtype} although the features are finite "
+            f"(largest magnitude {x.abs().max().item():.3g}); rescale the features or pass "
+            "float64"
+        )
+
+
+class _Covariance(torch.autograd.Function):
+    """Centred covariance with a one-matmul backward.
+
+    Autograd through ``X̃ᵀX̃`` would run two ``N×d×d`` products in backward (one per operand);
+    since both operands are the same tensor, one product suffices:
+    ``∂/∂M = X̃ (G + Gᵀ) / (N - correction)``, already centred because X̃'s columns sum to 0.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, correction: int, dtype: torch.dtype) -> torch.Tensor:
+        with _no_autocast(x.device):
+            xc = _centred(x, dtype)
+            c = xc.mT @ xc / (x.shape[0] - correction)
+        ctx.save_for_backward(xc)
+        ctx.denominator = x.shape[0] - correction
+        ctx.input_dtype = x.dtype
+        return c
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_c: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (xc,) = ctx.saved_tensors
+        with _no_autocast(xc.device):
+            grad_x = xc @ ((grad_c + grad_c.mT) / ctx.denominator)
+        return grad_x.to(ctx.input_dtype), None, None
+
+
+def covariance(x: torch.Tensor, *, correction: int = 1) -> torch.Tensor:
+    r"""Sample covariance of the columns of ``x`` (paper Eq. 12–13), computed stably.
+
+    .. math::
+
+        C = \frac{1}{N - c}\,\tilde M^\top \tilde M,
+        \qquad \tilde M = M - \tfrac{1}{N}\mathbf{1}\mathbf{1}^\top M .
+
+    This equals the paper's one-pass form
+    :math:`\frac{1}{N-1}\big(M^\top M - \frac{1}{N}(\mathbf{1}^\top M)^\top(\mathbf{1}^\top M)\big)`
+    but avoids its catastrophic cancellation when :math:`|\bar m| \gg \sigma` (and its fp16
+    overflow of :math:`M^\top M`). Its backward costs one ``N×d×d`` matrix product.
+
+    Args:
+        x: features, one sample per row.
+        correction: ``c`` above; 1 gives the unbiased estimate used by the paper, 0 the
+            maximum-likelihood one. Default: 1.
+
+    Returns:
+        The ``(d, d)`` covariance. Its dtype is ``x.dtype`` for float32/float64 inputs and
+        float32 for float16/bfloat16 inputs (the statistics are always computed in at least
+        float32, also under :class:`torch.autocast`); its device is ``x.device``.
+
+    Shape:
+        - x: :math:`(N, d)`
+        - output: :math:`(d, d)`
+
+    Raises:
+        TypeError: if ``x`` is not a floating-point tensor or ``correction`` not an int.
+        ValueError: if ``x`` is not 2-D, has no more than ``correction`` rows, or holds NaN/Inf.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 10.0]])
+        >>> covariance(x)
+        tensor([[ 4.,  8.],
+                [ 8., 16.]])
+    """
+    return named_covariance(x, "x", correction=correction)
+
+
+def named_covariance(x: torch.Tensor, name: str, *, correction: int = 1) -> torch.Tensor:
+    """:func:`covariance`, with errors naming ``x`` as ``name`` (e.g. a modality)."""
+    if not isinstance(correction, int) or isinstance(correction, bool) or correction < 0:
+        raise TypeError(f"correction: expected a non-negative int, got {correction!r}")
+    x = _check_features(x, name, min_rows=correction + 1)
+    c = _Covariance.apply(x, correction, compute_dtype(x))
+    _raise_non_finite(c, x, name)
+    return c
+
+
+def covariance_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
+    r"""The alignment loss between two covariance matrices (paper Eq. 14).
+
+    .. math::
+
+        \theta = \frac{1}{4d^2}\,\lVert C_a - C_b \rVert_F^2 .
+
+    Use it with :func:`covariance` when one modality takes part in several terms, so that each
+    modality's statistics are computed once (as :class:`~deepalign.ModalityAlignment` does).
+
+    Args:
+        c_a: covariance of the first modality.
+        c_b: covariance of the second modality.
+
+    Returns:
+        A 0-dim tensor in the promoted dtype of the inputs, on their device.
+
+    Shape:
+        - c_a, c_b: :math:`(d, d)`
+        - output: :math:`()`
+
+    Raises:
+        TypeError: if an input is not a floating-point tensor.
+        ValueError: if the inputs are not square, differ in size, or lie on different devices.
+
+    Example:
+        >>> covariance_distance(torch.eye(2), torch.zeros(2, 2))
+        tensor(0.1250)
+    """
+    c_a, c_b = check_tensor(c_a, "c_a"), check_tensor(c_b, "c_b")
+    check_shape(c_a, "c_a", ("d", "d"))
+    check_shape(c_b, "c_b", (c_a.shape[0], c_a.shape[0]))
+    check_same_device(c_a=c_a, c_b=c_b)
+    d = c_a.shape[0]
+    dtype = compute_dtype(c_a, c_b)
+    with _no_autocast(c_a.device):
+        return (c_a.to(dtype) - c_b.to(dtype)).square().sum() / (4 * d * d)
+
+
+def _check_pair(x_a: object, x_b: object) -> tuple[torch.Tensor, torch.Tensor]:
+    x_a = _check_features(x_a, "x_a", min_rows=2)
+    x_b = _check_features(x_b, "x_b", min_rows=2)
+    check_same_device(x_a=x_a, x_b=x_b)
+    if x_a.shape[1] != x_b.shape[1]:
+        raise ValueError(
+            f"x_b: expected the width of x_a ({x_a.shape[1]} columns), got {x_b.shape[1]}; "
+            "project the features to a common width first (CovarianceAlignmentLoss(in_dims=..., "
+            "proj_dim=...))"
+        )
+    return x_a, x_b
+
+
+def covariance_alignment_loss(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    r"""Covariance (CORAL) alignment loss between two batches of features (paper Eq. 12–14).
+
+    .. math::
+
+        \theta(M_a, M_b) = \frac{1}{4d^2}\,\lVert C_a - C_b \rVert_F^2,
+        \qquad C = \tfrac{1}{N-1}\tilde M^\top \tilde M .
+
+    The batches may have different numbers of rows. The gradient is the corrected form of the
+    paper's Eq. 15–16 (see :func:`covariance_alignment_grad` and :doc:`/mathematics`); backward
+    costs one ``N×d×d`` product per input.
+
+    Args:
+        x_a: features of the first modality.
+        x_b: features of the second modality, same width.
+
+    Returns:
+        A 0-dim tensor :math:`\theta \ge 0` on the inputs' device, in their promoted dtype
+        (float32 when both are float16/bfloat16; also under :class:`torch.autocast`).
+
+    Shape:
+        - x_a: :math:`(N_a, d)`, x_b: :math:`(N_b, d)`
+        - output: :math:`()`
+
+    Raises:
+        TypeError: if an input is not a floating-point tensor.
+        ValueError: if an input is not 2-D, has fewer than 2 rows or holds NaN/Inf; if the
+            widths differ; if the inputs lie on different devices.
+
+    Example:
+        >>> x_a = torch.tensor([[0.0, 0.0], [2.0, 0.0]])  # C_a = [[2, 0], [0, 0]]
+        >>> x_b = torch.tensor([[0.0, 0.0], [0.0, 2.0]])  # C_b = [[0, 0], [0, 2]]
+        >>> covariance_alignment_loss(x_a, x_b)  # (4 + 4) / (4 * 2**2)
+        tensor(0.5000)
+    """
+    x_a, x_b = _check_pair(x_a, x_b)
+    return covariance_distance(named_covariance(x_a, "x_a"), named_covariance(x_b, "x_b"))
+
+
+def covariance_alignment_grad(
+    x_a: torch.Tensor, x_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Analytic gradients of :func:`covariance_alignment_loss` (corrected paper Eq. 15–16).
+
+    .. math::
+
+        \frac{\partial\theta}{\partial M_a} = \frac{\tilde M_a (C_a - C_b)}{d^2 (N_a - 1)},
+        \qquad
+        \frac{\partial\theta}{\partial M_b} = -\frac{\tilde M_b (C_a - C_b)}{d^2 (N_b - 1)} .
+
+    The paper prints :math:`\tilde M_a^\top` (a ``d×N`` matrix, which cannot multiply
+    ``C_a - C_b``) and a positive sign for :math:`M_b`; :doc:`/mathematics` derives the forms
+    above and shows the printed ones fail numerically.
+
+    Args:
+        x_a: features of the first modality.
+        x_b: features of the second modality, same width.
+
+    Returns:
+        ``(grad_a, grad_b)``, shaped like the inputs, in the dtype the loss is computed in.
+
+    Shape:
+        - x_a: :math:`(N_a, d)`, x_b: :math:`(N_b, d)`
+        - output: :math:`(N_a, d)`, :math:`(N_b, d)`
+
+    Raises:
+        TypeError: if an input is not a floating-point tensor.
+        ValueError: as :func:`covariance_alignment_loss`.
+
+    Example:
+        >>> x_a = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+        >>> x_b = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+        >>> grad_a, grad_b = covariance_alignment_grad(x_a, x_b)
+        >>> grad_a
+        tensor([[-0.5000,  0.0000],
+                [ 0.5000,  0.0000]])
+    """
+    x_a, x_b = _check_pair(x_a, x_b)
+    dtype = compute_dtype(x_a, x_b)
+    d = x_a.shape[1]
+    with torch.no_grad(), _no_autocast(x_a.device):
+        diff = named_covariance(x_a, "x_a").to(dtype) - named_covariance(x_b, "x_b").to(dtype)
+        xc_a, xc_b = _centred(x_a, dtype), _centred(x_b, dtype)
+        grad_a = xc_a @ diff / (d * d * (x_a.shape[0] - 1))
+        grad_b = xc_b @ diff / (-d * d * (x_b.shape[0] - 1))
+    return grad_a, grad_b
+
+
+def _check_covariance_pair(c_a: object, c_b: object) -> tuple[torch.Tensor, torch.Tensor]:
+    c_a, c_b = check_tensor(c_a, "c_a"), check_tensor(c_b, "c_b")
+    check_shape(c_a, "c_a", ("d", "d"))
+    check_shape(c_b, "c_b", (c_a.shape[0], c_a.shape[0]))
+    check_same_device(c_a=c_a, c_b=c_b)
+    check_finite(c_a, "c_a")
+    check_finite(c_b, "c_b")
+    return c_a, c_b
+
+
+def _psd_eigh(c: torch.Tensor, name: str, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigen-decomposition of a symmetric PSD matrix, descending, tiny eigenvalues set to 0."""
+    asymmetry = (c - c.mT).abs().max()
+    scale = c.abs().max().clamp_min(torch.finfo(c.dtype).tiny)
+    if asymmetry > 100 * rtol * scale:
+        raise ValueError(
+            f"{name}: expected a symmetric matrix, got max |C - Cᵀ| = {asymmetry.item():.3g}"
+        )
+    values, vectors = torch.linalg.eigh((c + c.mT) / 2)
+    values, vectors = values.flip(-1), vectors.flip(-1)
+    cutoff = rtol * values[0].clamp_min(0)
+    if values[-1] < -cutoff * 100:
+        raise ValueError(
+            f"{name}: expected a positive semi-definite matrix, got eigenvalue "
+            f"{values[-1].item():.3g} (largest {values[0].item():.3g})"
+        )
+    return torch.where(values > cutoff, values, torch.zeros_like(values)), vectors
+
+
+def coral_transform(
+    c_a: torch.Tensor, c_b: torch.Tensor, *, eps: float | None = None
+) -> torch.Tensor:
+    r"""The linear map :math:`A` that best aligns covariance ``c_a`` to ``c_b`` (paper Eq. 17).
+
+    .. math::
+
+        A^\star = \arg\min_A \lVert A^\top C_a A - C_b \rVert_F
+        = U_{a,k}\,\Sigma_{a,k}^{-1/2}\,\Sigma_{b,k}^{1/2}\,U_{b,k}^\top,
+        \qquad k = \min(\operatorname{rank} C_a, \operatorname{rank} C_b),
+
+    with :math:`C = U\Sigma U^\top` the eigen-decompositions, eigenvalues in descending order and
+    :math:`U_{\cdot,k}` the first ``k`` eigenvectors. Then :math:`A^{\star\top} C_a A^\star` is
+    the best positive semi-definite approximation of :math:`C_b` of rank at most
+    :math:`\operatorname{rank} C_a`, so the residual reaches the Eckart–Young bound
+    [EckartYoung1936]_ :math:`\big(\sum_{i>k}\sigma_{b,i}^2\big)^{1/2}` for every combination of
+    ranks. CORAL's whitening and recolouring ([Sun2016b]_) reaches it only when :math:`C_a` has
+    full rank, and the paper's Eq. 29 never does; :doc:`/mathematics` derives both facts.
+
+    Args:
+        c_a: source covariance (symmetric positive semi-definite).
+        c_b: target covariance (symmetric positive semi-definite).
+        eps: relative rank tolerance: eigenvalues at most ``eps`` times the largest one count
+            as zero. Default ``None`` means ``d · finfo(dtype).eps``, as
+            :func:`torch.linalg.matrix_rank` does.
+
+    Returns:
+        :math:`A` as a ``(d, d)`` tensor in the inputs' promoted dtype (at least float32) on
+        their device.
+
+    Shape:
+        - c_a, c_b: :math:`(d, d)`
+        - output: :math:`(d, d)`
+
+    Raises:
+        TypeError: if an input is not a floating-point tensor.
+        ValueError: if the inputs are not square and equal-sized, lie on different devices,
+            hold NaN/Inf, or are not symmetric positive semi-definite; if ``eps`` is negative.
+
+    Example:
+        >>> c_a = torch.diag(torch.tensor([4.0, 1.0, 0.0]))  # rank 2
+        >>> c_b = torch.diag(torch.tensor([1.0, 2.0, 3.0]))  # rank 3
+        >>> a = coral_transform(c_a, c_b)
+        >>> torch.linalg.matrix_norm(a.T @ c_a @ a - c_b).item()  # = 1, the bound: drop σ=1
+        1.0
+    """
+    c_a, c_b = _check_covariance_pair(c_a, c_b)
+    if eps is not None and eps < 0:
+        raise ValueError(f"eps: expected a non-negative relative tolerance, got {eps}")
+    dtype = compute_dtype(c_a, c_b)
+    rtol = c_a.shape[0] * torch.finfo(dtype).eps if eps is None else eps
+    with _no_autocast(c_a.device):
+        values_a, vectors_a = _psd_eigh(c_a.to(dtype), "c_a", rtol)
+        values_b, vectors_b = _psd_eigh(c_b.to(dtype), "c_b", rtol)
+        keep = (values_a > 0) & (values_b > 0)
+        scale = torch.where(keep, (values_b / torch.where(keep, values_a, 1)).sqrt(), 0)
+        return (vectors_a * scale) @ vectors_b.mT
