@@ -11,6 +11,7 @@ The derivations, and the errata of the paper's printed equations, are on the
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from deepalign._checks import (
     check_finite,
@@ -20,6 +21,7 @@ from deepalign._checks import (
     check_tensor,
     compute_dtype,
 )
+from deepalign._kernels import Covariance, GramAlignment, centred, no_autocast
 
 __all__ = [
     "coral_transform",
@@ -31,17 +33,6 @@ __all__ = [
 ]
 
 
-def _no_autocast(device: torch.device) -> torch.autocast:
-    """A context that turns autocast off: the statistics must not be computed in fp16/bf16."""
-    return torch.autocast(device_type=device.type, enabled=False)
-
-
-def _centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` in ``dtype`` minus its column means (the two-pass form of Eq. 12)."""
-    x = x.to(dtype)
-    return x - x.mean(dim=0, keepdim=True)
-
-
 def _check_features(x: object, name: str, *, min_rows: int) -> torch.Tensor:
     x = check_tensor(x, name)
     check_shape(x, name, ("N", "d"))
@@ -49,45 +40,38 @@ def _check_features(x: object, name: str, *, min_rows: int) -> torch.Tensor:
     return x
 
 
-def _raise_non_finite(c: torch.Tensor, x: torch.Tensor, name: str) -> None:
-    """Turn a NaN/Inf statistic into an error saying whether the input or the maths is to blame."""
-    if not bool(torch.isfinite(c).all()):
-        check_finite(x, name)
+def _raise_non_finite(value: torch.Tensor, **inputs: torch.Tensor) -> None:
+    """Turn a NaN/Inf statistic into an error saying whether an input or the maths is to blame."""
+    if not bool(torch.isfinite(value).all()):
+        for name, x in inputs.items():
+            check_finite(x, name)
+        largest = max(x.abs().max().item() for x in inputs.values() if x.numel())
         raise ValueError(
-            f"{name}: the covariance overflowed in {c.dtype} although the features are finite "
-            f"(largest magnitude {x.abs().max().item():.3g}); rescale the features or pass "
-            "float64"
+            f"{', '.join(inputs)}: the covariance statistics are not finite in {value.dtype} "
+            f"although these features are (largest magnitude {largest:.3g}): they overflowed, "
+            "or another rank's features hold NaN/Inf; rescale the features or pass float64"
         )
 
 
-class _Covariance(torch.autograd.Function):
-    """Centred covariance with a one-matmul backward.
+def process_group(sync_dist: bool | None) -> dist.ProcessGroup | None:
+    """The group to reduce statistics over: ``None`` means this process's batch alone.
 
-    Autograd through ``X̃ᵀX̃`` would run two ``N×d×d`` products in backward (one per operand);
-    since both operands are the same tensor, one product suffices:
-    ``∂/∂M = X̃ (G + Gᵀ) / (N - correction)``, already centred because X̃'s columns sum to 0.
+    ``sync_dist=None`` (the default everywhere) syncs whenever a default process group with
+    more than one rank is initialised; ``True`` requires one; ``False`` never syncs.
     """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, correction: int, dtype: torch.dtype) -> torch.Tensor:
-        with _no_autocast(x.device):
-            xc = _centred(x, dtype)
-            c = xc.mT @ xc / (x.shape[0] - correction)
-        ctx.save_for_backward(xc)
-        ctx.denominator = x.shape[0] - correction
-        ctx.input_dtype = x.dtype
-        return c
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_c: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (xc,) = ctx.saved_tensors
-        with _no_autocast(xc.device):
-            grad_x = xc @ ((grad_c + grad_c.mT) / ctx.denominator)
-        return grad_x.to(ctx.input_dtype), None, None
+    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if sync_dist is None:
+        sync_dist = active
+    if not isinstance(sync_dist, bool):
+        raise TypeError(f"sync_dist: expected True, False or None, got {sync_dist!r}")
+    if sync_dist and not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("sync_dist: expected an initialised process group for True, got none")
+    return dist.group.WORLD if sync_dist else None
 
 
-def covariance(x: torch.Tensor, *, correction: int = 1) -> torch.Tensor:
+def covariance(
+    x: torch.Tensor, *, correction: int = 1, sync_dist: bool | None = None
+) -> torch.Tensor:
     r"""Sample covariance of the columns of ``x`` (paper Eq. 12–13), computed stably.
 
     .. math::
@@ -104,6 +88,9 @@ def covariance(x: torch.Tensor, *, correction: int = 1) -> torch.Tensor:
         x: features, one sample per row.
         correction: ``c`` above; 1 gives the unbiased estimate used by the paper, 0 the
             maximum-likelihood one. Default: 1.
+        sync_dist: compute the covariance of the global batch of all ranks of the default
+            process group (every rank must call it; see :doc:`/distributed`). Default ``None``:
+            sync whenever a process group of more than one rank is initialised.
 
     Returns:
         The ``(d, d)`` covariance. Its dtype is ``x.dtype`` for float32/float64 inputs and
@@ -124,16 +111,19 @@ def covariance(x: torch.Tensor, *, correction: int = 1) -> torch.Tensor:
         tensor([[ 4.,  8.],
                 [ 8., 16.]])
     """
-    return named_covariance(x, "x", correction=correction)
+    return named_covariance(x, "x", correction=correction, sync_dist=sync_dist)
 
 
-def named_covariance(x: torch.Tensor, name: str, *, correction: int = 1) -> torch.Tensor:
+def named_covariance(
+    x: torch.Tensor, name: str, *, correction: int = 1, sync_dist: bool | None = None
+) -> torch.Tensor:
     """:func:`covariance`, with errors naming ``x`` as ``name`` (e.g. a modality)."""
     if not isinstance(correction, int) or isinstance(correction, bool) or correction < 0:
         raise TypeError(f"correction: expected a non-negative int, got {correction!r}")
-    x = _check_features(x, name, min_rows=correction + 1)
-    c = _Covariance.apply(x, correction, compute_dtype(x))
-    _raise_non_finite(c, x, name)
+    group = process_group(sync_dist)
+    x = _check_features(x, name, min_rows=0 if group is not None else correction + 1)
+    c = Covariance.apply(x, correction, compute_dtype(x), group)
+    _raise_non_finite(c, **{name: x})
     return c
 
 
@@ -172,13 +162,15 @@ def covariance_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
     check_same_device(c_a=c_a, c_b=c_b)
     d = c_a.shape[0]
     dtype = compute_dtype(c_a, c_b)
-    with _no_autocast(c_a.device):
+    with no_autocast(c_a.device):
         return (c_a.to(dtype) - c_b.to(dtype)).square().sum() / (4 * d * d)
 
 
-def _check_pair(x_a: object, x_b: object) -> tuple[torch.Tensor, torch.Tensor]:
-    x_a = _check_features(x_a, "x_a", min_rows=2)
-    x_b = _check_features(x_b, "x_b", min_rows=2)
+def _check_pair(
+    x_a: object, x_b: object, *, min_rows: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x_a = _check_features(x_a, "x_a", min_rows=min_rows)
+    x_b = _check_features(x_b, "x_b", min_rows=min_rows)
     check_same_device(x_a=x_a, x_b=x_b)
     if x_a.shape[1] != x_b.shape[1]:
         raise ValueError(
@@ -189,7 +181,9 @@ def _check_pair(x_a: object, x_b: object) -> tuple[torch.Tensor, torch.Tensor]:
     return x_a, x_b
 
 
-def covariance_alignment_loss(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+def covariance_alignment_loss(
+    x_a: torch.Tensor, x_b: torch.Tensor, *, sync_dist: bool | None = None
+) -> torch.Tensor:
     r"""Covariance (CORAL) alignment loss between two batches of features (paper Eq. 12–14).
 
     .. math::
@@ -199,11 +193,18 @@ def covariance_alignment_loss(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Ten
 
     The batches may have different numbers of rows. The gradient is the corrected form of the
     paper's Eq. 15–16 (see :func:`covariance_alignment_grad` and :doc:`/mathematics`); backward
-    costs one ``N×d×d`` product per input.
+    costs one ``N×d×d`` product per input. When :math:`N_a + N_b < d` (wide features, small
+    batches) the loss is computed from ``N×N`` Gram matrices instead, in
+    :math:`O((N_a+N_b)^2 d)` time and without ``d×d`` memory; same value and gradient, up to
+    rounding (the Gram form subtracts squared norms, so in float32 it loses accuracy when
+    :math:`\theta` is tiny against :math:`\lVert C\rVert_F^2`).
 
     Args:
         x_a: features of the first modality.
         x_b: features of the second modality, same width.
+        sync_dist: use the statistics of the global batch of all ranks (see :func:`covariance`;
+            communication is :math:`O(d^2)`; the Gram path is then not used). Default ``None``:
+            sync whenever a process group of more than one rank is initialised.
 
     Returns:
         A 0-dim tensor :math:`\theta \ge 0` on the inputs' device, in their promoted dtype
@@ -224,8 +225,15 @@ def covariance_alignment_loss(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Ten
         >>> covariance_alignment_loss(x_a, x_b)  # (4 + 4) / (4 * 2**2)
         tensor(0.5000)
     """
-    x_a, x_b = _check_pair(x_a, x_b)
-    return covariance_distance(named_covariance(x_a, "x_a"), named_covariance(x_b, "x_b"))
+    group = process_group(sync_dist)
+    x_a, x_b = _check_pair(x_a, x_b, min_rows=2 if group is None else 0)
+    if group is None and x_a.shape[0] + x_b.shape[0] < x_a.shape[1]:
+        theta = GramAlignment.apply(x_a, x_b, compute_dtype(x_a, x_b))
+        _raise_non_finite(theta, x_a=x_a, x_b=x_b)
+        return theta
+    c_a = named_covariance(x_a, "x_a", sync_dist=group is not None)
+    c_b = named_covariance(x_b, "x_b", sync_dist=group is not None)
+    return covariance_distance(c_a, c_b)
 
 
 def covariance_alignment_grad(
@@ -269,9 +277,9 @@ def covariance_alignment_grad(
     x_a, x_b = _check_pair(x_a, x_b)
     dtype = compute_dtype(x_a, x_b)
     d = x_a.shape[1]
-    with torch.no_grad(), _no_autocast(x_a.device):
+    with torch.no_grad(), no_autocast(x_a.device):
         diff = named_covariance(x_a, "x_a").to(dtype) - named_covariance(x_b, "x_b").to(dtype)
-        xc_a, xc_b = _centred(x_a, dtype), _centred(x_b, dtype)
+        xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
         grad_a = xc_a @ diff / (d * d * (x_a.shape[0] - 1))
         grad_b = xc_b @ diff / (-d * d * (x_b.shape[0] - 1))
     return grad_a, grad_b
@@ -357,7 +365,7 @@ def coral_transform(
         raise ValueError(f"eps: expected a non-negative relative tolerance, got {eps}")
     dtype = compute_dtype(c_a, c_b)
     rtol = c_a.shape[0] * torch.finfo(dtype).eps if eps is None else eps
-    with _no_autocast(c_a.device):
+    with no_autocast(c_a.device):
         values_a, vectors_a = _psd_eigh(c_a.to(dtype), "c_a", rtol)
         values_b, vectors_b = _psd_eigh(c_b.to(dtype), "c_b", rtol)
         keep = (values_a > 0) & (values_b > 0)

@@ -90,7 +90,7 @@ def test_covariance_bad_correction():
 
 def test_covariance_overflow_is_an_error_not_inf():
     x = torch.tensor([[3e19, 0.0], [-3e19, 1.0]])  # (6e19)^2 overflows float32
-    with pytest.raises(ValueError, match="overflowed"):
+    with pytest.raises(ValueError, match=r"not finite in torch\.float32 although"):
         F.covariance(x)
 
 
@@ -146,7 +146,7 @@ def test_backward_equals_analytic_gradient(shape):
 
 
 def test_printed_eq15_16_are_wrong():
-    """The paper's Eq. 15 cannot even be evaluated; with the transpose fixed, Eq. 16's sign is off."""
+    """Eq. 15 as printed cannot be evaluated; with the transpose fixed, Eq. 16's sign is off."""
     x_a, x_b = features(6, 8, 3), features(7, 8, 3)
     n, d = x_a.shape
     diff = F.covariance(x_a) - F.covariance(x_b)
@@ -156,6 +156,39 @@ def test_printed_eq15_16_are_wrong():
     _, grad_b = F.covariance_alignment_grad(x_a, x_b)
     printed_b = (x_b - x_b.mean(0)) @ diff / (d * d * (n - 1))
     torch.testing.assert_close(printed_b, -grad_b)
+
+
+@pytest.mark.parametrize(("n_a", "n_b", "d"), [(3, 4, 64), (16, 9, 512), (2, 2, 5)])
+def test_gram_path_equals_covariance_path(n_a, n_b, d):
+    """N_a + N_b < d takes the Gram path; covariance_distance always forms d×d matrices."""
+    x_a = features(40, n_a, d, scale=2.0, shift=3.0).requires_grad_()
+    x_b = features(41, n_b, d).requires_grad_()
+    gram = F.covariance_alignment_loss(x_a, x_b)
+    gram.backward()
+    grads = x_a.grad.clone(), x_b.grad.clone()
+    x_a.grad = x_b.grad = None
+    dense = F.covariance_distance(F.covariance(x_a), F.covariance(x_b))
+    dense.backward()
+    torch.testing.assert_close(gram, dense)
+    torch.testing.assert_close(grads[0], x_a.grad)
+    torch.testing.assert_close(grads[1], x_b.grad)
+    torch.testing.assert_close(grads, F.covariance_alignment_grad(x_a, x_b))
+
+
+def test_gram_path_gradcheck_and_low_precision():
+    x_a, x_b = features(42, 3, 9).requires_grad_(), features(43, 4, 9).requires_grad_()
+    assert torch.autograd.gradcheck(F.covariance_alignment_loss, (x_a, x_b))
+    half = F.covariance_alignment_loss(x_a.detach().half(), x_b.detach().half())
+    assert half.dtype == torch.float32
+    exact = F.covariance_alignment_loss(x_a.detach().half().double(), x_b.detach().half().double())
+    assert half.item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+def test_gram_path_reports_nan_of_the_right_input():
+    x_a, x_b = torch.randn(3, 40), torch.randn(3, 40)
+    x_b[1, 7] = math.nan
+    with pytest.raises(ValueError, match="x_b: expected finite"):
+        F.covariance_alignment_loss(x_a, x_b)
 
 
 def test_gradcheck_float64():

@@ -1,0 +1,127 @@
+"""Autograd functions behind :mod:`deepalign.functional` (no validation here: callers validate).
+
+- :class:`Covariance`: centred covariance, optionally over the global batch of a process group,
+  with a backward of one ``N×d×d`` product.
+- :class:`GramAlignment`: the alignment loss from ``N×N`` Gram matrices, for ``N_a + N_b < d``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def no_autocast(device: torch.device) -> torch.autocast:
+    """A context that turns autocast off: the statistics must not be computed in fp16/bf16."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype`` minus its column means (the two-pass form of Eq. 12)."""
+    x = x.to(dtype)
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def _global_centred(
+    x: torch.Tensor, dtype: torch.dtype, group: dist.ProcessGroup
+) -> tuple[torch.Tensor, int]:
+    """Centre the local rows on the mean of the global batch; return them and the global count."""
+    x = x.to(dtype)
+    sums = torch.cat([x.sum(dim=0), x.new_tensor([x.shape[0]])])
+    dist.all_reduce(sums, group=group)
+    count = int(sums[-1].item())
+    return x - sums[:-1] / max(count, 1), count
+
+
+class Covariance(torch.autograd.Function):
+    """Centred covariance with a one-matmul backward, local or over a process group.
+
+    Autograd through ``X̃ᵀX̃`` would run two ``N×d×d`` products in backward (one per operand);
+    both operands are the same tensor, so one suffices: ``∂/∂M = X̃ (G + Gᵀ) / (N - c)``, already
+    centred because X̃'s columns sum to 0.
+
+    Over a process group, the rows are centred on the global mean (one all-reduce of ``d + 1``
+    numbers) and the products ``X̃_rᵀX̃_r`` summed (one all-reduce of ``d²``): exactly the
+    two-pass covariance of the concatenated batch. Backward all-reduces ``G`` (``d²``), so each
+    rank's rows get the gradient of the sum of all ranks' losses (the convention of
+    :func:`torch.distributed.nn.functional.all_reduce`); the mean over ranks is divided out by
+    DistributedDataParallel's gradient averaging.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        correction: int,
+        dtype: torch.dtype,
+        group: dist.ProcessGroup | None,
+    ) -> torch.Tensor:
+        with no_autocast(x.device):
+            if group is None:
+                xc, count = centred(x, dtype), x.shape[0]
+            else:
+                xc, count = _global_centred(x, dtype, group)
+            if count <= correction:
+                raise ValueError(
+                    f"x: expected at least {correction + 1} rows in the global batch, got {count}"
+                )
+            c = xc.mT @ xc
+            if group is not None:
+                dist.all_reduce(c, group=group)
+            c = c / (count - correction)
+        ctx.save_for_backward(xc)
+        ctx.denominator = count - correction
+        ctx.input_dtype = x.dtype
+        ctx.group = group
+        return c
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_c: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        (xc,) = ctx.saved_tensors
+        with no_autocast(xc.device):
+            grad_sym = grad_c + grad_c.mT
+            if ctx.group is not None:
+                dist.all_reduce(grad_sym, group=ctx.group)
+            grad_x = xc @ (grad_sym / ctx.denominator)
+        return grad_x.to(ctx.input_dtype), None, None, None
+
+
+class GramAlignment(torch.autograd.Function):
+    r"""The alignment loss without forming ``d×d`` matrices, for ``N_a + N_b < d``.
+
+    With :math:`k_a = 1/(N_a-1)`, :math:`G_a = \tilde M_a\tilde M_a^\top`,
+    :math:`G_b = \tilde M_b\tilde M_b^\top` and :math:`K = \tilde M_a\tilde M_b^\top`:
+    :math:`\lVert C_a - C_b\rVert_F^2 = k_a^2\lVert G_a\rVert^2 + k_b^2\lVert G_b\rVert^2
+    - 2k_ak_b\lVert K\rVert^2` and :math:`\tilde M_a(C_a - C_b) = k_aG_a\tilde M_a -
+    k_bK\tilde M_b`: :math:`O((N_a+N_b)^2 d)` time and :math:`O((N_a+N_b)^2)` extra memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x_a: torch.Tensor, x_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        d = x_a.shape[1]
+        k_a, k_b = 1.0 / (x_a.shape[0] - 1), 1.0 / (x_b.shape[0] - 1)
+        with no_autocast(x_a.device):
+            xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
+            gram_a, gram_b, cross = xc_a @ xc_a.mT, xc_b @ xc_b.mT, xc_a @ xc_b.mT
+            squared = (
+                k_a * k_a * gram_a.square().sum()
+                + k_b * k_b * gram_b.square().sum()
+                - 2 * k_a * k_b * cross.square().sum()
+            )
+        ctx.save_for_backward(xc_a, xc_b, gram_a, gram_b, cross)
+        ctx.constants = (k_a, k_b, d, x_a.dtype, x_b.dtype)
+        return squared.clamp_min(0) / (4 * d * d)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        xc_a, xc_b, gram_a, gram_b, cross = ctx.saved_tensors
+        k_a, k_b, d, dtype_a, dtype_b = ctx.constants
+        with no_autocast(xc_a.device):
+            diff_a = k_a * (gram_a @ xc_a) - k_b * (cross @ xc_b)  # M̃_a (C_a - C_b)
+            diff_b = k_a * (cross.mT @ xc_a) - k_b * (gram_b @ xc_b)  # M̃_b (C_a - C_b)
+            scale = grad / (d * d)
+            grad_a = diff_a * (scale * k_a)
+            grad_b = diff_b * (-scale * k_b)
+        return grad_a.to(dtype_a), grad_b.to(dtype_b), None
