@@ -190,6 +190,9 @@ class CovarianceAlignmentLoss(nn.Module):
         proj_dim: the common width ``d``; required with ``in_dims``.
         projection: ``"fixed"`` (default) or ``"learned"`` (bias-free :class:`torch.nn.Linear`).
         seed: seed of the fixed projections. Default: 0.
+        sync_dist: statistics of the global batch across ranks; see
+            :func:`deepalign.functional.covariance`. Default ``None``: sync whenever a process
+            group of more than one rank is initialised.
 
     Shape:
         - x_a: :math:`(N_a, d_a)`, x_b: :math:`(N_b, d_b)`
@@ -214,9 +217,11 @@ class CovarianceAlignmentLoss(nn.Module):
         proj_dim: int | None = None,
         projection: str = "fixed",
         seed: int = 0,
+        sync_dist: bool | None = None,
     ) -> None:
         super().__init__()
         self.weight = _check_weight(weight)
+        self.sync_dist = sync_dist
         if (in_dims is None) != (proj_dim is None):
             raise ValueError(
                 f"in_dims, proj_dim: expected both or neither, got in_dims={in_dims!r}, "
@@ -234,7 +239,7 @@ class CovarianceAlignmentLoss(nn.Module):
         if self.projections is not None:
             x_a = _project(self.projections, "x_a", x_a, self.in_dims[0])
             x_b = _project(self.projections, "x_b", x_b, self.in_dims[1])
-        return self.weight * F.covariance_alignment_loss(x_a, x_b)
+        return self.weight * F.covariance_alignment_loss(x_a, x_b, sync_dist=self.sync_dist)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, in_dims={self.in_dims}"
@@ -277,6 +282,9 @@ class ModalityAlignment(nn.Module):
         private: ``"bounded"`` (default) or ``"negated"``, the penalty :math:`\phi` above.
         weight: the factor :math:`w`. Default: 1.0.
         seed: seed of the fixed projections. Default: 0.
+        sync_dist: statistics of the global batch across ranks; see
+            :func:`deepalign.functional.covariance`. Default ``None``: sync whenever a process
+            group of more than one rank is initialised.
 
     Shape:
         - features: a mapping name -> :math:`(N_\text{name}, d_\text{name})`; keys the spec does
@@ -307,8 +315,10 @@ class ModalityAlignment(nn.Module):
         private: str = "bounded",
         weight: float = 1.0,
         seed: int = 0,
+        sync_dist: bool | None = None,
     ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         if private not in PRIVATE_MODES:
             raise ValueError(f"private: expected one of {PRIVATE_MODES}, got {private!r}")
         self.spec = spec
@@ -356,7 +366,7 @@ class ModalityAlignment(nn.Module):
                 x = _project(self.projections, name, x, self.dims[name])
             else:
                 check_shape(x, name, ("N", self.dims[name]))
-            covariances[name] = F.named_covariance(x, name)
+            covariances[name] = F.named_covariance(x, name, sync_dist=self.sync_dist)
         return covariances
 
     def _private_penalty(self, theta: torch.Tensor) -> torch.Tensor:

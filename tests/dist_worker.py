@@ -1,0 +1,74 @@
+"""One rank of a multi-process test (run by tests/test_distributed.py, not collected by pytest).
+
+Usage: python dist_worker.py SCENARIO[,SCENARIO...] RANK WORLD_SIZE PORT OUT_DIR. Saves
+{scenario: what it computed} to OUT_DIR/rank{RANK}.pt; the tests compare that with a
+single-process reference.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import deepalign
+from deepalign import functional as F
+
+ROWS_A, ROWS_B = (5, 9), (7, 3)  # unequal per-rank batches
+
+
+def rank_slice(rows: tuple[int, ...], rank: int) -> slice:
+    start = sum(rows[:rank])
+    return slice(start, start + rows[rank])
+
+
+def shared_inputs(d: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x_a = torch.randn(sum(ROWS_A), d, generator=g, dtype=torch.float64) * 2 + 1
+    x_b = torch.randn(sum(ROWS_B), d, generator=g, dtype=torch.float64)
+    return x_a, x_b
+
+
+def loss_scenario(rank: int, world: int) -> dict:
+    x_a, x_b = shared_inputs()
+    local_a = x_a[rank_slice(ROWS_A, rank)].clone().requires_grad_()
+    local_b = x_b[rank_slice(ROWS_B, rank)].clone().requires_grad_()
+    theta = F.covariance_alignment_loss(local_a, local_b)  # sync_dist=None: automatic
+    theta.backward()
+    return {"theta": theta.detach(), "grad_a": local_a.grad, "grad_b": local_b.grad}
+
+
+def ddp_scenario(rank: int, world: int) -> dict:
+    x_a, x_b = shared_inputs()
+    torch.manual_seed(1)
+    net = nn.Linear(6, 4).double()
+    model = nn.parallel.DistributedDataParallel(net)
+    align = deepalign.ModalityAlignment("A-V/T+A", {"text": 4, "audio": 4, "vision": 4})
+    feats = {
+        "audio": model(x_a[rank_slice(ROWS_A, rank)]),
+        "vision": model(x_b[rank_slice(ROWS_B, rank)]),
+        "text": model(x_b[rank_slice(ROWS_B, rank)] ** 2),
+    }
+    loss = align(feats)
+    loss.backward()
+    return {"loss": loss.detach(), "grads": [p.grad for p in net.parameters()]}
+
+
+SCENARIOS = {"loss": loss_scenario, "ddp": ddp_scenario}
+
+
+def main() -> None:
+    scenarios, rank, world, port, out = sys.argv[1], *map(int, sys.argv[2:5]), Path(sys.argv[5])
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        results = {name: SCENARIOS[name](rank, world) for name in scenarios.split(",")}
+        torch.save(results, out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Multi-process tests: 2 ranks on CPU with gloo, spawned by the test, against one process."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import deepalign
+from deepalign import functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+import dist_worker
+
+WORLD = 2
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    """Every scenario of dist_worker, run once by WORLD processes (one start-up for all tests)."""
+    out, port, worker = tmp_path_factory.mktemp("ranks"), free_port(), dist_worker.__file__
+    scenarios = ",".join(dist_worker.SCENARIOS)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, worker, scenarios, str(r), str(WORLD), str(port), str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(WORLD)
+    ]
+    outputs = [p.communicate(timeout=180)[0].decode() for p in procs]
+    for p, text in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, text
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def test_global_batch_loss_and_gradients(ranks):
+    results = [r["loss"] for r in ranks]
+    x_a, x_b = (x.requires_grad_() for x in dist_worker.shared_inputs())
+    theta = F.covariance_alignment_loss(x_a, x_b)
+    theta.backward()
+    for rank, result in enumerate(results):
+        torch.testing.assert_close(result["theta"], theta.detach(), rtol=1e-12, atol=1e-12)
+        # Each rank's rows get the gradient of the sum of the ranks' (identical) losses:
+        # world_size times their share, which DDP's gradient averaging divides out.
+        rows_a = x_a.grad[dist_worker.rank_slice(dist_worker.ROWS_A, rank)]
+        rows_b = x_b.grad[dist_worker.rank_slice(dist_worker.ROWS_B, rank)]
+        torch.testing.assert_close(result["grad_a"] / WORLD, rows_a, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(result["grad_b"] / WORLD, rows_b, rtol=1e-9, atol=1e-12)
+
+
+def test_ddp_parameter_gradients_equal_single_process(ranks):
+    results = [r["ddp"] for r in ranks]
+    x_a, x_b = dist_worker.shared_inputs()
+    torch.manual_seed(1)
+    net = nn.Linear(6, 4).double()
+    align = deepalign.ModalityAlignment("A-V/T+A", {"text": 4, "audio": 4, "vision": 4})
+    loss = align({"audio": net(x_a), "vision": net(x_b), "text": net(x_b**2)})
+    loss.backward()
+    for result in results:
+        torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-12, atol=1e-12)
+        for got, want in zip(result["grads"], net.parameters(), strict=True):
+            torch.testing.assert_close(got, want.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_sync_dist_true_without_process_group_is_an_error():
+    with pytest.raises(ValueError, match="sync_dist: expected an initialised process group"):
+        F.covariance(torch.randn(4, 2), sync_dist=True)
+    with pytest.raises(TypeError, match="sync_dist: expected True, False or None"):
+        F.covariance(torch.randn(4, 2), sync_dist="yes")
