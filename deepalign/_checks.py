@@ -154,9 +154,7 @@ def check_lengths(lengths: object, name: str, batch: int, max_length: int) -> to
     return as_int
 
 
-def check_in_range(
-    value: object, name: str, low: float, high: float = float("inf")
-) -> float:
+def check_in_range(value: object, name: str, low: float, high: float = float("inf")) -> float:
     """Return ``value`` as a float if it is a real number in ``[low, high]``."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
