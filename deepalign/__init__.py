@@ -1,7 +1,7 @@
 """deepalign: covariance alignment and self-supervised unimodal labels for multimodal sentiment
 analysis (Lai et al.; Self-MM, Yu et al. 2021), as drop-in PyTorch components."""
 
-from deepalign import functional
+from deepalign import data, functional, metrics
 from deepalign.alignment import (
     CovarianceAlignmentLoss,
     FixedProjection,
@@ -21,6 +21,8 @@ __all__ = [
     "ModalityAlignment",
     "MultiTaskMSA",
     "__version__",
+    "data",
     "functional",
+    "metrics",
     "parse_spec",
 ]

@@ -22,6 +22,7 @@ from deepalign._checks import (
     compute_dtype,
 )
 from deepalign._kernels import Covariance, GramAlignment, centred, no_autocast
+from deepalign.distributed import should_sync
 
 __all__ = [
     "coral_transform",
@@ -54,19 +55,9 @@ def _raise_non_finite(value: torch.Tensor, **inputs: torch.Tensor) -> None:
 
 
 def process_group(sync_dist: bool | None) -> dist.ProcessGroup | None:
-    """The group to reduce statistics over: ``None`` means this process's batch alone.
-
-    ``sync_dist=None`` (the default everywhere) syncs whenever a default process group with
-    more than one rank is initialised; ``True`` requires one; ``False`` never syncs.
-    """
-    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if sync_dist is None:
-        sync_dist = active
-    if not isinstance(sync_dist, bool):
-        raise TypeError(f"sync_dist: expected True, False or None, got {sync_dist!r}")
-    if sync_dist and not (dist.is_available() and dist.is_initialized()):
-        raise ValueError("sync_dist: expected an initialised process group for True, got none")
-    return dist.group.WORLD if sync_dist else None
+    """The group to reduce statistics over (see :func:`deepalign.distributed.should_sync`);
+    ``None`` means this process's batch alone."""
+    return dist.group.WORLD if should_sync(sync_dist) else None
 
 
 def covariance(

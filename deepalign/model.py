@@ -1,0 +1,665 @@
+r"""The reference multi-task model of [Lai2023]_: Self-MM's network ([Yu2021]_) plus alignment.
+
+:class:`MSAConfig` holds every hyperparameter, with the published Self-MM presets for MOSI,
+MOSEI and SIMS (:meth:`MSAConfig.preset`); :class:`MultiTaskMSA` is the network of the paper's
+Eq. 1–8, optionally owning a :class:`~deepalign.ModalityAlignment` over its modality features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from deepalign._checks import check_lengths, check_shape, check_tensor
+from deepalign.alignment import PRIVATE_MODES, PROJECTIONS, ModalityAlignment, parse_spec
+from deepalign.text import load_text_encoder, text_width
+
+__all__ = ["ALIGN_ON", "PRESETS", "TEXT_MODES", "MSAConfig", "MultiTaskMSA"]
+
+TEXT_MODES = ("bert", "features")
+ALIGN_ON = ("encoder", "post")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The field defaults of MSAConfig are MOSI's.
+    "mosi": {},
+    "mosei": {
+        "batch_size": 32,
+        "lr_bert": 5e-5,
+        "lr_audio": 5e-3,
+        "lr_video": 1e-4,
+        "lr_other": 1e-3,
+        "weight_decay_bert": 1e-3,
+        "weight_decay_audio": 0.0,
+        "weight_decay_video": 0.0,
+        "weight_decay_other": 1e-2,
+        "audio_hidden": 16,
+        "video_hidden": 32,
+        "audio_out": 16,
+        "video_out": 32,
+        "post_fusion_dim": 128,
+        "post_text_dim": 32,
+        "post_audio_dim": 16,
+        "post_video_dim": 32,
+        "post_fusion_dropout": 0.1,
+        "post_text_dropout": 0.0,
+        "post_audio_dropout": 0.0,
+        "post_video_dropout": 0.0,
+        "H": 3.0,
+        "feature_dims": (768, 74, 35),
+        "text_encoder": "bert-base-uncased",
+    },
+    "sims": {
+        "batch_size": 32,
+        "lr_bert": 5e-5,
+        "lr_audio": 5e-3,
+        "lr_video": 5e-3,
+        "lr_other": 1e-3,
+        "weight_decay_bert": 1e-3,
+        "weight_decay_audio": 1e-2,
+        "weight_decay_video": 1e-2,
+        "weight_decay_other": 1e-3,
+        "audio_hidden": 16,
+        "video_hidden": 64,
+        "audio_out": 16,
+        "video_out": 32,
+        "post_fusion_dim": 128,
+        "post_text_dim": 64,
+        "post_audio_dim": 16,
+        "post_video_dim": 32,
+        "post_fusion_dropout": 0.0,
+        "post_text_dropout": 0.1,
+        "post_audio_dropout": 0.1,
+        "post_video_dropout": 0.0,
+        "H": 1.0,
+        "feature_dims": (768, 33, 709),
+        "text_encoder": "bert-base-chinese",
+    },
+}
+"""Dataset name -> the fields :meth:`MSAConfig.preset` sets (MMSA's published Self-MM values)."""
+
+_WIDTH_FIELDS = (
+    "audio_hidden",
+    "video_hidden",
+    "audio_out",
+    "video_out",
+    "post_fusion_dim",
+    "post_text_dim",
+    "post_audio_dim",
+    "post_video_dim",
+    "batch_size",
+    "patience",
+)
+_DROPOUT_FIELDS = (
+    "audio_lstm_dropout",
+    "video_lstm_dropout",
+    "post_fusion_dropout",
+    "post_text_dropout",
+    "post_audio_dropout",
+    "post_video_dropout",
+)
+_NON_NEGATIVE_FIELDS = (
+    "lr_bert",
+    "lr_audio",
+    "lr_video",
+    "lr_other",
+    "weight_decay_bert",
+    "weight_decay_audio",
+    "weight_decay_video",
+    "weight_decay_other",
+    "H",
+)
+_NO_DECAY = ("bias", "LayerNorm")
+
+
+@dataclass
+class MSAConfig:
+    """Hyperparameters of :class:`MultiTaskMSA` and its training (defaults: the MOSI preset).
+
+    Build one with :meth:`preset`; every field can be overridden there. The values are those of
+    MMSA's published Self-MM configuration ([Mao2022]_, [Yu2021]_). The training fields
+    (``batch_size``, learning rates, weight decays, ``patience``, ``H``) are read by the trainer
+    and by :meth:`MultiTaskMSA.parameter_groups`; the model itself ignores them.
+
+    Attributes:
+        feature_dims: input widths ``(text, audio, video)``. The text width is used only when
+            ``text_mode="features"``; with ``"bert"`` it is read from the encoder's config.
+        text_mode: ``"bert"`` (run :attr:`text_encoder` on token ids) or ``"features"``
+            (pre-extracted ``(B, L, d_t)`` features; the first position is the text feature).
+        text_encoder: directory or hub id for :func:`deepalign.text.load_text_encoder`.
+        finetune_text: train the text encoder (``True``) or freeze it and run it without
+            gradient.
+        audio_hidden, video_hidden: LSTM hidden sizes.
+        audio_out, video_out: widths of the audio and video features (Eq. 2–3).
+        audio_lstm_dropout, video_lstm_dropout: dropout between LSTM state and output layer.
+        post_fusion_dim, post_text_dim, post_audio_dim, post_video_dim: widths of the post-layer
+            features (Eq. 5 and 7).
+        post_fusion_dropout, post_text_dropout, post_audio_dropout, post_video_dropout: dropout
+            before each post layer.
+        alignment: a Table II spec such as ``"V-A"`` or ``"T-V/T-A/A-V"``; ``None`` for none.
+        alignment_weight: the factor of the alignment terms in the objective.
+        align_on: ``"encoder"`` aligns the features of Eq. 1–3, ``"post"`` those of Eq. 7.
+        align_dim: common width ``d`` the aligned features are projected to; ``None`` projects
+            to the smallest aligned width when widths differ, and not at all when they agree.
+        align_projection: ``"fixed"`` (orthonormal, not learned) or ``"learned"``.
+        align_private: penalty of ``+`` terms, ``"bounded"`` or ``"negated"`` (see
+            :class:`~deepalign.ModalityAlignment`).
+        batch_size: training batch size.
+        lr_bert, lr_audio, lr_video, lr_other: Adam learning rates per parameter group.
+        weight_decay_bert, weight_decay_audio, weight_decay_video, weight_decay_other: Adam
+            weight decays per group (BERT biases and LayerNorm weights always get 0).
+        patience: early stopping after this many epochs without a better validation loss.
+        H: bound of the generated unimodal labels (:class:`deepalign.ULGM`'s ``H``).
+
+    Raises:
+        ValueError: from ``__post_init__`` for an unknown ``text_mode``, ``align_on``,
+            ``align_projection`` or ``align_private``, a non-positive width, a dropout outside
+            ``[0, 1)``, a negative rate, or a non-finite ``alignment_weight``.
+        TypeError: if ``alignment`` is neither a str nor ``None``.
+
+    Example:
+        >>> from deepalign import MSAConfig, MultiTaskMSA
+        >>> config = MSAConfig.preset("sims", alignment="V-A")
+        >>> config.feature_dims, config.text_encoder, config.H, config.alignment
+        ((768, 33, 709), 'bert-base-chinese', 1.0, 'V-A')
+    """
+
+    feature_dims: tuple[int, int, int] = (768, 5, 20)
+    text_mode: str = "bert"
+    text_encoder: str = "bert-base-uncased"
+    finetune_text: bool = True
+    audio_hidden: int = 16
+    video_hidden: int = 32
+    audio_out: int = 16
+    video_out: int = 32
+    audio_lstm_dropout: float = 0.0
+    video_lstm_dropout: float = 0.0
+    post_fusion_dim: int = 128
+    post_text_dim: int = 32
+    post_audio_dim: int = 16
+    post_video_dim: int = 32
+    post_fusion_dropout: float = 0.0
+    post_text_dropout: float = 0.1
+    post_audio_dropout: float = 0.1
+    post_video_dropout: float = 0.0
+    alignment: str | None = None
+    alignment_weight: float = 1.0
+    align_on: str = "encoder"
+    align_dim: int | None = None
+    align_projection: str = "fixed"
+    align_private: str = "bounded"
+    batch_size: int = 16
+    lr_bert: float = 5e-5
+    lr_audio: float = 5e-3
+    lr_video: float = 5e-3
+    lr_other: float = 1e-3
+    weight_decay_bert: float = 1e-3
+    weight_decay_audio: float = 1e-3
+    weight_decay_video: float = 1e-3
+    weight_decay_other: float = 1e-3
+    patience: int = 8
+    H: float = 3.0
+
+    def __post_init__(self) -> None:
+        self.feature_dims = tuple(self.feature_dims)
+        _check_choice("text_mode", self.text_mode, TEXT_MODES)
+        _check_choice("align_on", self.align_on, ALIGN_ON)
+        _check_choice("align_projection", self.align_projection, PROJECTIONS)
+        _check_choice("align_private", self.align_private, PRIVATE_MODES)
+        if len(self.feature_dims) != 3:
+            raise ValueError(
+                f"feature_dims: expected (text, audio, video) widths, got {self.feature_dims!r}"
+            )
+        for name, value in zip(("text", "audio", "video"), self.feature_dims, strict=True):
+            _check_positive_int(f"feature_dims ({name})", value)
+        for name in _WIDTH_FIELDS:
+            _check_positive_int(name, getattr(self, name))
+        if self.align_dim is not None:
+            _check_positive_int("align_dim", self.align_dim)
+        for name in _DROPOUT_FIELDS:
+            _check_range(name, getattr(self, name), upper=1.0)
+        for name in _NON_NEGATIVE_FIELDS:
+            _check_range(name, getattr(self, name), upper=math.inf)
+        if self.alignment is not None and not isinstance(self.alignment, str):
+            raise TypeError(
+                f"alignment: expected a Table II spec such as 'V-A', or None; "
+                f"got {self.alignment!r}"
+            )
+        if not math.isfinite(self.alignment_weight):
+            raise ValueError(
+                f"alignment_weight: expected a finite number, got {self.alignment_weight!r}"
+            )
+
+    @classmethod
+    def preset(cls, dataset: str, **overrides: Any) -> MSAConfig:
+        """The published Self-MM configuration of ``dataset``, with ``overrides`` applied.
+
+        Args:
+            dataset: ``"mosi"``, ``"mosei"`` or ``"sims"`` (case-insensitive).
+            **overrides: field values that replace the preset's.
+
+        Returns:
+            A new :class:`MSAConfig`.
+
+        Raises:
+            ValueError: for an unknown ``dataset`` (and as the class for bad values).
+            TypeError: for an override that is not a field.
+
+        Example:
+            >>> from deepalign import MSAConfig
+            >>> MSAConfig.preset("mosei", batch_size=8).batch_size
+            8
+        """
+        key = dataset.lower() if isinstance(dataset, str) else dataset
+        if key not in PRESETS:
+            raise ValueError(f"dataset: expected one of {sorted(PRESETS)}, got {dataset!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(
+                f"overrides: unknown MSAConfig fields {unknown}; expected some of {sorted(names)}"
+            )
+        return cls(**{**PRESETS[key], **overrides})
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def _check_range(name: str, value: object, *, upper: float) -> None:
+    valid = isinstance(value, int | float) and not isinstance(value, bool)
+    if not valid or not 0.0 <= value < upper:
+        raise ValueError(f"{name}: expected a number in [0, {upper}), got {value!r}")
+
+
+class SequenceEncoder(nn.Module):
+    """One-layer unidirectional LSTM over a padded sequence, then dropout and a linear layer.
+
+    The sequence is packed by length, so padding never enters the LSTM; the final hidden state
+    of each sample (at its own last step) is the sequence summary (Eq. 2–3).
+
+    Args:
+        in_dim: width of the input frames.
+        hidden: LSTM hidden size.
+        out_dim: output width.
+        dropout: dropout on the final hidden state.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(in_dim, hidden, num_layers=1, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # An empty sequence (length 0, present in MMSA's data) is read as its first frame.
+        packed = pack_padded_sequence(
+            x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False
+        )
+        _, (final_hidden, _) = self.lstm(packed)
+        return self.linear(self.dropout(final_hidden[-1]))
+
+
+class PostHead(nn.Module):
+    """Dropout → Linear → ReLU (the post-layer feature) → Linear → ReLU → Linear → 1.
+
+    Args:
+        in_dim: input width.
+        dim: width of the post-layer feature and of the hidden layer.
+        dropout: dropout on the input.
+    """
+
+    def __init__(self, in_dim: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.post = nn.Linear(in_dim, dim)
+        self.hidden = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(feature, prediction)`` of shapes ``(B, dim)`` and ``(B, 1)``."""
+        feature = torch.relu(self.post(self.dropout(x)))
+        return feature, self.out(torch.relu(self.hidden(feature)))
+
+
+_ALIGN_KEYS = {
+    "encoder": {"text": "Encoder_t", "audio": "Encoder_a", "vision": "Encoder_v"},
+    "post": {"text": "Feature_t", "audio": "Feature_a", "vision": "Feature_v"},
+}
+
+
+class MultiTaskMSA(nn.Module):
+    r"""Self-MM's multi-task network ([Yu2021]_) as [Lai2023]_ uses it (Eq. 1–8).
+
+    With :math:`h_t` the last layer's first ([CLS]) token of the text encoder and
+    :math:`\mathrm{sLSTM}` a one-layer LSTM's final hidden state followed by dropout and a
+    linear layer:
+
+    .. math::
+
+        F_t = \mathrm{BERT}(x_t)_{[\mathrm{CLS}]}, \quad
+        F_a = \mathrm{sLSTM}_a(x_a), \quad F_v = \mathrm{sLSTM}_v(x_v)
+
+        F_f^* = \mathrm{ReLU}(W_1^f\,\mathrm{drop}([F_t; F_a; F_v]) + b_1^f), \quad
+        F_s^* = \mathrm{ReLU}(W_1^s\,\mathrm{drop}(F_s) + b_1^s), \ s \in \{t, a, v\}
+
+        y_m = W_3^m\,\mathrm{ReLU}(W_2^m F_m^* + b_2^m) + b_3^m, \ m \in \{f, t, a, v\}
+
+    (the paper writes Eq. 6 and 8 as one linear layer; Self-MM's network, followed here, has the
+    hidden layer :math:`W_2`).
+
+    The output is a dict of tensors:
+
+    - ``"M"``, ``"T"``, ``"A"``, ``"V"``: the predictions :math:`y_f, y_t, y_a, y_v`, ``(B, 1)``.
+    - ``"Feature_f"``, ``"Feature_t"``, ``"Feature_a"``, ``"Feature_v"``: the post-layer
+      features :math:`F_f^*, F_t^*, F_a^*, F_v^*` (Eq. 5 and 7; after the ReLU), widths
+      ``post_fusion_dim``, ``post_text_dim``, ... These are what the ULGM uses.
+    - ``"Encoder_t"``, ``"Encoder_a"``, ``"Encoder_v"``: the modality features
+      :math:`F_t, F_a, F_v` of Eq. 1–3, widths text width, ``audio_out``, ``video_out``.
+
+    **Alignment.** With ``config.alignment`` set, the model owns :attr:`alignment`, a
+    :class:`~deepalign.ModalityAlignment` over the features ``text``/``audio``/``vision``, and
+    :meth:`alignment_loss` evaluates it. By default (``align_on="encoder"``) it aligns the
+    modality features :math:`F_t, F_a, F_v` of Eq. 1–3, projected to a common width ``d``
+    (``align_dim``; default the smallest aligned width) by fixed orthonormal maps. Reasons: the
+    paper names these very features ("for the audio modality, we utilize the feature
+    representation :math:`Feature_a`", the symbol of Eq. 2, not :math:`Feature_{a^*}`) and
+    projects them "into a low-dimensional space of dimension d"; they feed both the fusion and
+    the unimodal branches, so the shared information learned there reaches every head; and the
+    post-layer features are ReLU outputs that the ULGM measures distances on, which alignment
+    would couple to the label generation. ``align_on="post"`` aligns :math:`F_s^*` instead.
+
+    Args:
+        config: the hyperparameters.
+        text_encoder: an already loaded encoder for ``text_mode="bert"``; default ``None``
+            loads ``config.text_encoder`` with :func:`deepalign.text.load_text_encoder`.
+            Ignored (must be ``None``) in ``"features"`` mode.
+
+    Shape:
+        - text: ``(B, 3, L)`` token ids, attention mask and segment ids (any numeric dtype;
+          cast to int64) in ``"bert"`` mode; ``(B, L, d_t)`` features in ``"features"`` mode.
+        - audio: :math:`(B, L_a, d_a)`; audio_lengths: :math:`(B,)` whole numbers in
+          :math:`[0, L_a]` (0 is read as 1).
+        - vision: :math:`(B, L_v, d_v)`; vision_lengths: :math:`(B,)`.
+        - output: the dict above; predictions :math:`(B, 1)`, features :math:`(B, \cdot)`.
+
+    Raises:
+        TypeError: if ``config`` is not an :class:`MSAConfig`, or an input is not a tensor.
+        ValueError: if ``text_encoder`` is given in ``"features"`` mode, or an input has the
+            wrong shape or width, the batch sizes differ, or lengths are out of range.
+
+    Example:
+        >>> import torch
+        >>> from deepalign import MSAConfig, MultiTaskMSA
+        >>> config = MSAConfig.preset("mosi", text_mode="features", feature_dims=(8, 5, 20))
+        >>> model = MultiTaskMSA(config)
+        >>> out = model(torch.randn(4, 10, 8), torch.randn(4, 7, 5), torch.tensor([7, 5, 3, 0]),
+        ...             torch.randn(4, 6, 20), torch.tensor([6, 6, 2, 4]))
+        >>> for key, value in out.items():
+        ...     print(key, tuple(value.shape))
+        M (4, 1)
+        T (4, 1)
+        A (4, 1)
+        V (4, 1)
+        Feature_f (4, 128)
+        Feature_t (4, 32)
+        Feature_a (4, 16)
+        Feature_v (4, 32)
+        Encoder_t (4, 8)
+        Encoder_a (4, 16)
+        Encoder_v (4, 32)
+    """
+
+    def __init__(self, config: MSAConfig, *, text_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, MSAConfig):
+            raise TypeError(f"config: expected an MSAConfig, got {type(config).__name__}")
+        self.config = config
+        self.text_encoder = self._build_text_encoder(config, text_encoder)
+        self.text_dim = (
+            config.feature_dims[0] if self.text_encoder is None else text_width(self.text_encoder)
+        )
+        _, audio_dim, video_dim = config.feature_dims
+        self.audio_encoder = SequenceEncoder(
+            audio_dim, config.audio_hidden, config.audio_out, config.audio_lstm_dropout
+        )
+        self.video_encoder = SequenceEncoder(
+            video_dim, config.video_hidden, config.video_out, config.video_lstm_dropout
+        )
+        fused = self.text_dim + config.audio_out + config.video_out
+        self.fusion_head = PostHead(fused, config.post_fusion_dim, config.post_fusion_dropout)
+        self.text_head = PostHead(self.text_dim, config.post_text_dim, config.post_text_dropout)
+        self.audio_head = PostHead(
+            config.audio_out, config.post_audio_dim, config.post_audio_dropout
+        )
+        self.video_head = PostHead(
+            config.video_out, config.post_video_dim, config.post_video_dropout
+        )
+        self.alignment = self._build_alignment(config)
+
+    @staticmethod
+    def _build_text_encoder(config: MSAConfig, encoder: nn.Module | None) -> nn.Module | None:
+        if config.text_mode == "features":
+            if encoder is not None:
+                raise ValueError(
+                    "text_encoder: expected None with text_mode='features', got an encoder"
+                )
+            return None
+        encoder = load_text_encoder(config.text_encoder) if encoder is None else encoder
+        encoder.requires_grad_(config.finetune_text)
+        return encoder
+
+    def _alignment_dims(self) -> dict[str, int]:
+        """Widths of the features ``align_on`` selects, by ModalityAlignment's names."""
+        config = self.config
+        if config.align_on == "encoder":
+            return {"text": self.text_dim, "audio": config.audio_out, "vision": config.video_out}
+        return {
+            "text": config.post_text_dim,
+            "audio": config.post_audio_dim,
+            "vision": config.post_video_dim,
+        }
+
+    def _build_alignment(self, config: MSAConfig) -> ModalityAlignment | None:
+        if config.alignment is None:
+            return None
+        dims = self._alignment_dims()
+        proj_dim = config.align_dim
+        if proj_dim is None:
+            terms = parse_spec(config.alignment, list(dims))
+            widths = {dims[name] for term in terms for name in (term.first, term.second)}
+            proj_dim = min(widths) if len(widths) > 1 else None
+        return ModalityAlignment(
+            config.alignment,
+            dims,
+            proj_dim=proj_dim,
+            projection=config.align_projection,
+            private=config.align_private,
+            weight=config.alignment_weight,
+        )
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        audio: torch.Tensor,
+        audio_lengths: torch.Tensor,
+        vision: torch.Tensor,
+        vision_lengths: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Run the network (Eq. 1–8); shapes and the output dict are in the class docstring."""
+        batch = self._text_batch(text)
+        _, audio_dim, video_dim = self.config.feature_dims
+        audio_lengths = _check_sequence(audio, audio_lengths, "audio", batch, audio_dim)
+        vision_lengths = _check_sequence(vision, vision_lengths, "vision", batch, video_dim)
+        t = self._text_feature(text)
+        a = self.audio_encoder(audio, audio_lengths)
+        v = self.video_encoder(vision, vision_lengths)
+        feature_f, y_m = self.fusion_head(torch.cat([t, a, v], dim=-1))
+        feature_t, y_t = self.text_head(t)
+        feature_a, y_a = self.audio_head(a)
+        feature_v, y_v = self.video_head(v)
+        return {
+            "M": y_m,
+            "T": y_t,
+            "A": y_a,
+            "V": y_v,
+            "Feature_f": feature_f,
+            "Feature_t": feature_t,
+            "Feature_a": feature_a,
+            "Feature_v": feature_v,
+            "Encoder_t": t,
+            "Encoder_a": a,
+            "Encoder_v": v,
+        }
+
+    def _text_batch(self, text: object) -> int:
+        """Check ``text`` against the text mode; return the batch size."""
+        if not isinstance(text, torch.Tensor):
+            raise TypeError(f"text: expected a torch.Tensor, got {type(text).__name__}")
+        if self.text_encoder is None:
+            check_tensor(text, "text")
+            check_shape(text, "text (features mode)", ("B", "L", self.text_dim))
+        else:
+            check_shape(text, "text (ids, mask, segment ids)", ("B", 3, "L"))
+        return text.shape[0]
+
+    def _text_feature(self, text: torch.Tensor) -> torch.Tensor:
+        """The first ([CLS]) position of the last layer, or of the given features (Eq. 1)."""
+        if self.text_encoder is None:
+            return text[:, 0]
+        ids, mask, segments = text.long().unbind(dim=1)
+        with torch.set_grad_enabled(self.config.finetune_text and torch.is_grad_enabled()):
+            hidden = self.text_encoder(
+                input_ids=ids, attention_mask=mask, token_type_ids=segments
+            ).last_hidden_state
+        return hidden[:, 0]
+
+    def alignment_loss(
+        self, outputs: dict[str, torch.Tensor], *, return_terms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        r"""The weighted alignment loss on a forward pass's features.
+
+        .. math::
+
+            \mathcal{L}_\text{align} = w \sum_\text{terms} \theta_\text{term}
+
+        with :math:`w` = ``alignment_weight`` and the terms of ``config.alignment`` (see
+        :class:`~deepalign.ModalityAlignment`), on the features chosen by ``align_on``. Without
+        a configured alignment it is a zero scalar (and no terms).
+
+        Args:
+            outputs: the dict returned by :meth:`forward`.
+            return_terms: also return the unweighted terms, detached, for logging.
+                Default: ``False``.
+
+        Returns:
+            The loss, a scalar; with ``return_terms``, ``(loss, {term: value})``.
+
+        Shape:
+            - outputs: as :meth:`forward` returns it, with at least 2 samples.
+            - output: :math:`()`.
+
+        Raises:
+            ValueError: for a batch of fewer than 2 samples (a covariance needs 2), missing
+                features, or non-finite features.
+
+        Example:
+            >>> import torch
+            >>> from deepalign import MSAConfig, MultiTaskMSA
+            >>> config = MSAConfig.preset("mosi", text_mode="features", feature_dims=(8, 5, 20),
+            ...                           alignment="V-A", alignment_weight=0.5)
+            >>> model = MultiTaskMSA(config)
+            >>> out = model(torch.randn(6, 3, 8), torch.randn(6, 4, 5), torch.full((6,), 4),
+            ...             torch.randn(6, 4, 20), torch.full((6,), 4))
+            >>> loss, terms = model.alignment_loss(out, return_terms=True)
+            >>> loss.shape, sorted(terms), bool(loss >= 0)
+            (torch.Size([]), ['vision-audio'], True)
+        """
+        if self.alignment is None:
+            zero = outputs["M"].new_zeros(())
+            return (zero, {}) if return_terms else zero
+        keys = _ALIGN_KEYS[self.config.align_on]
+        features = {name: outputs[key] for name, key in keys.items()}
+        return self.alignment(features, return_terms=return_terms)
+
+    def parameter_groups(self, config: MSAConfig | None = None) -> list[dict[str, Any]]:
+        """Adam parameter groups with per-group learning rate and weight decay (Self-MM's).
+
+        ========================  =====================  ========================
+        group                     learning rate          weight decay
+        ========================  =====================  ========================
+        ``text_decay``            ``lr_bert``            ``weight_decay_bert``
+        ``text_no_decay``         ``lr_bert``            0 (names with ``bias``/``LayerNorm``)
+        ``audio``                 ``lr_audio``           ``weight_decay_audio``
+        ``video``                 ``lr_video``           ``weight_decay_video``
+        ``other``                 ``lr_other``           ``weight_decay_other``
+        ========================  =====================  ========================
+
+        The audio and video groups are the sequence encoders (LSTM and output layer); ``other``
+        is the heads and any learned alignment projection. Frozen parameters
+        (``finetune_text=False``) and empty groups are left out.
+
+        Args:
+            config: where to read the rates; default ``None`` uses the model's own config.
+
+        Returns:
+            A list of dicts with keys ``name``, ``params``, ``lr``, ``weight_decay``, ready for
+            :class:`torch.optim.Adam`.
+
+        Raises:
+            TypeError: if ``config`` is neither ``None`` nor an :class:`MSAConfig`.
+
+        Example:
+            >>> from deepalign import MSAConfig, MultiTaskMSA
+            >>> config = MSAConfig.preset("mosei", text_mode="features", feature_dims=(8, 74, 35))
+            >>> groups = MultiTaskMSA(config).parameter_groups()
+            >>> [(g["name"], g["lr"], g["weight_decay"]) for g in groups]
+            [('audio', 0.005, 0.0), ('video', 0.0001, 0.0), ('other', 0.001, 0.01)]
+        """
+        config = self.config if config is None else config
+        if not isinstance(config, MSAConfig):
+            raise TypeError(f"config: expected an MSAConfig or None, got {type(config).__name__}")
+        text = [] if self.text_encoder is None else list(self.text_encoder.named_parameters())
+        text_decay, text_no_decay = _split_no_decay(text)
+        encoders = {"text_encoder", "audio_encoder", "video_encoder"}
+        other = [p for n, p in self.named_parameters() if n.split(".")[0] not in encoders]
+        audio, video = list(self.audio_encoder.parameters()), list(self.video_encoder.parameters())
+        groups = [
+            ("text_decay", text_decay, config.lr_bert, config.weight_decay_bert),
+            ("text_no_decay", text_no_decay, config.lr_bert, 0.0),
+            ("audio", audio, config.lr_audio, config.weight_decay_audio),
+            ("video", video, config.lr_video, config.weight_decay_video),
+            ("other", other, config.lr_other, config.weight_decay_other),
+        ]
+        return [
+            {"name": name, "params": trainable, "lr": lr, "weight_decay": decay}
+            for name, params, lr, decay in groups
+            if (trainable := [p for p in params if p.requires_grad])
+        ]
+
+
+def _split_no_decay(
+    named: list[tuple[str, nn.Parameter]],
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split BERT parameters into (decayed, not decayed): biases and LayerNorms get no decay."""
+    no_decay = [p for n, p in named if any(word in n for word in _NO_DECAY)]
+    ids = {id(p) for p in no_decay}
+    return [p for _, p in named if id(p) not in ids], no_decay
+
+
+def _check_sequence(x: object, lengths: object, name: str, batch: int, width: int) -> torch.Tensor:
+    """Check a padded ``(B, L, width)`` sequence and its lengths; return CPU int64 lengths."""
+    x = check_tensor(x, name)
+    check_shape(x, name, (batch, "L", width))
+    return check_lengths(lengths, f"{name}_lengths", batch, x.shape[1])

