@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from deepalign import functional as F
-from deepalign._checks import check_same_device, check_shape, check_tensor
+from deepalign._checks import check_positive_int, check_same_device, check_shape, check_tensor
 
 __all__ = [
     "DEFAULT_ALIASES",
@@ -139,20 +139,15 @@ def _projections(
     """One projection to ``proj_dim`` per input; warns about the trivial minimum when learned."""
     if projection not in PROJECTIONS:
         raise ValueError(f"projection: expected one of {PROJECTIONS}, got {projection!r}")
-    _check_width("proj_dim", proj_dim)
+    check_positive_int(proj_dim, "proj_dim")
     for name, dim in in_dims.items():
-        _check_width(f"in_dims[{name!r}]", dim)
+        check_positive_int(dim, f"in_dims[{name!r}]")
     if projection == "learned":
         warnings.warn(_TRIVIAL_MINIMUM, UserWarning, stacklevel=3)
         return nn.ModuleDict({n: nn.Linear(d, proj_dim, bias=False) for n, d in in_dims.items()})
     return nn.ModuleDict(
         {n: FixedProjection(d, proj_dim, seed=seed + i) for i, (n, d) in enumerate(in_dims.items())}
     )
-
-
-def _check_width(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
 def _check_weight(weight: object) -> float:

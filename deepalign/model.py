@@ -16,7 +16,14 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from deepalign._checks import check_lengths, check_shape, check_tensor
+from deepalign._checks import (
+    check_choice,
+    check_in_range,
+    check_lengths,
+    check_positive_int,
+    check_shape,
+    check_tensor,
+)
 from deepalign.alignment import PRIVATE_MODES, PROJECTIONS, ModalityAlignment, parse_spec
 from deepalign.text import load_text_encoder, text_width
 
@@ -207,24 +214,24 @@ class MSAConfig:
 
     def __post_init__(self) -> None:
         self.feature_dims = tuple(self.feature_dims)
-        _check_choice("text_mode", self.text_mode, TEXT_MODES)
-        _check_choice("align_on", self.align_on, ALIGN_ON)
-        _check_choice("align_projection", self.align_projection, PROJECTIONS)
-        _check_choice("align_private", self.align_private, PRIVATE_MODES)
+        check_choice(self.text_mode, "text_mode", TEXT_MODES)
+        check_choice(self.align_on, "align_on", ALIGN_ON)
+        check_choice(self.align_projection, "align_projection", PROJECTIONS)
+        check_choice(self.align_private, "align_private", PRIVATE_MODES)
         if len(self.feature_dims) != 3:
             raise ValueError(
                 f"feature_dims: expected (text, audio, video) widths, got {self.feature_dims!r}"
             )
         for name, value in zip(("text", "audio", "video"), self.feature_dims, strict=True):
-            _check_positive_int(f"feature_dims ({name})", value)
+            check_positive_int(value, f"feature_dims ({name})")
         for name in _WIDTH_FIELDS:
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(getattr(self, name), name)
         if self.align_dim is not None:
-            _check_positive_int("align_dim", self.align_dim)
+            check_positive_int(self.align_dim, "align_dim")
         for name in _DROPOUT_FIELDS:
-            _check_range(name, getattr(self, name), upper=1.0)
+            check_in_range(getattr(self, name), name, 0.0, 1.0)
         for name in _NON_NEGATIVE_FIELDS:
-            _check_range(name, getattr(self, name), upper=math.inf)
+            check_in_range(getattr(self, name), name, 0.0)
         if self.alignment is not None and not isinstance(self.alignment, str):
             raise TypeError(
                 f"alignment: expected a Table II spec such as 'V-A', or None; "
@@ -265,22 +272,6 @@ class MSAConfig:
                 f"overrides: unknown MSAConfig fields {unknown}; expected some of {sorted(names)}"
             )
         return cls(**{**PRESETS[key], **overrides})
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-
-
-def _check_range(name: str, value: object, *, upper: float) -> None:
-    valid = isinstance(value, int | float) and not isinstance(value, bool)
-    if not valid or not 0.0 <= value < upper:
-        raise ValueError(f"{name}: expected a number in [0, {upper}), got {value!r}")
 
 
 class SequenceEncoder(nn.Module):

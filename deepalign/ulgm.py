@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor, nn
 
+from deepalign import distributed
 from deepalign._checks import (
     check_finite,
     check_indexes,
@@ -163,6 +164,11 @@ class ULGM(nn.Module):
             for SIMS).
         exclude_zero: if true a zero label belongs to neither class; if false it counts as
             positive.
+        sync_dist: keep the banks of all ranks identical: :meth:`step` gathers every rank's
+            indexes and features and applies the union batch (rank order; a sample repeated by
+            :class:`~torch.utils.data.DistributedSampler` counts once), which equals one process
+            stepping on the union. Every rank must call :meth:`step`. Default ``None``: sync
+            whenever a process group of more than one rank is initialised (:doc:`/distributed`).
 
     Shape:
         - features: mapping name -> :math:`(B, d_\text{name})`; indexes: :math:`(B,)` integers.
@@ -199,8 +205,10 @@ class ULGM(nn.Module):
         fusion: str = "fusion",
         H: float = 3.0,
         exclude_zero: bool = True,
+        sync_dist: bool | None = None,
     ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         self.num_samples = check_positive_int(num_samples, "num_samples")
         self.dims = _check_dims(dims, fusion)
         self.names = tuple(self.dims)
@@ -286,6 +294,8 @@ class ULGM(nn.Module):
         indexes = self._check_indexes(indexes, distinct=True)
         epoch = check_positive_int(epoch, "epoch")
         batch = self._check_features(features, len(indexes))
+        if distributed.should_sync(self.sync_dist):
+            indexes, batch = _union_batch(indexes, batch)
         self._check_initialized(indexes)
         new_labels = self._generate_labels(batch, indexes, epoch) if epoch > 1 else {}
         for name in self.names:
@@ -444,6 +454,14 @@ class ULGM(nn.Module):
                 f"{missing.numel()} without labels (e.g. {missing[:5].tolist()}); "
                 "call init_labels(indexes, labels) for the training set first"
             )
+
+
+def _union_batch(indexes: Tensor, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Every rank's batch, concatenated in rank order, each sample once."""
+    indexes = distributed.gather_rows(indexes)
+    keep = distributed.unique_first(indexes)
+    gathered = {name: distributed.gather_rows(f)[keep] for name, f in batch.items()}
+    return indexes[keep], gathered
 
 
 class LabelTrajectory:

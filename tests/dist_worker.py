@@ -55,7 +55,42 @@ def ddp_scenario(rank: int, world: int) -> dict:
     return {"loss": loss.detach(), "grads": [p.grad for p in net.parameters()]}
 
 
-SCENARIOS = {"loss": loss_scenario, "ddp": ddp_scenario}
+ULGM_DIMS = {"fusion": 3, "text": 2, "audio": 2, "vision": 1}
+ULGM_SAMPLES = 20
+
+
+def ulgm_schedule() -> list[tuple[int, list[tuple[torch.Tensor, dict]]]]:
+    """(epoch, [per-rank (indexes, features)]) for 3 epochs; unequal batches, and one sample
+    in each step repeated by rank 1 (as DistributedSampler's padding does)."""
+    g = torch.Generator().manual_seed(5)
+    schedule = []
+    for epoch in (1, 2, 3):
+        order = torch.randperm(ULGM_SAMPLES, generator=g)
+        for start in range(0, ULGM_SAMPLES, 7):
+            chunk = order[start : start + 7]
+            per_rank = [chunk[:4], torch.cat([chunk[4:], chunk[:1]])]
+            schedule.append((epoch, [(idx, ulgm_features(idx, g)) for idx in per_rank]))
+    return schedule
+
+
+def ulgm_features(indexes: torch.Tensor, g: torch.Generator) -> dict:
+    return {n: torch.randn(len(indexes), d, generator=g) for n, d in ULGM_DIMS.items()}
+
+
+def ulgm_labels() -> torch.Tensor:
+    return torch.linspace(-3, 3, ULGM_SAMPLES)
+
+
+def ulgm_scenario(rank: int, world: int) -> dict:
+    ulgm = deepalign.ULGM(ULGM_SAMPLES, ULGM_DIMS)  # sync_dist=None: automatic
+    ulgm.init_labels(torch.arange(ULGM_SAMPLES), ulgm_labels())
+    for epoch, per_rank in ulgm_schedule():
+        indexes, features = per_rank[rank]
+        ulgm.step(features, indexes, epoch)
+    return ulgm.state_dict()
+
+
+SCENARIOS = {"loss": loss_scenario, "ddp": ddp_scenario, "ulgm": ulgm_scenario}
 
 
 def main() -> None:

@@ -134,7 +134,7 @@ def test_learned_projection_warns_and_reaches_zero_when_trained_alone():
         ({"in_dims": (5, 20)}, "expected both or neither"),
         ({"proj_dim": 4}, "expected both or neither"),
         ({"in_dims": (5,), "proj_dim": 4}, r"in_dims: expected \(d_a, d_b\)"),
-        ({"in_dims": (5, 0), "proj_dim": 4}, "in_dims\\['x_b'\\]: expected a positive int"),
+        ({"in_dims": (5, 0), "proj_dim": 4}, "in_dims\\['x_b'\\]: expected an int >= 1"),
         ({"in_dims": (5, 6), "proj_dim": 4, "projection": "pca"}, "projection: expected one of"),
     ],
 )

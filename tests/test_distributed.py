@@ -74,6 +74,27 @@ def test_ddp_parameter_gradients_equal_single_process(ranks):
             torch.testing.assert_close(got, want.grad, rtol=1e-9, atol=1e-12)
 
 
+def test_ulgm_banks_identical_on_all_ranks_and_equal_to_union_batches(ranks):
+    reference = deepalign.ULGM(dist_worker.ULGM_SAMPLES, dist_worker.ULGM_DIMS, sync_dist=False)
+    reference.init_labels(torch.arange(dist_worker.ULGM_SAMPLES), dist_worker.ulgm_labels())
+    for epoch, per_rank in dist_worker.ulgm_schedule():
+        seen, indexes, features = set(), [], {n: [] for n in dist_worker.ULGM_DIMS}
+        for rank_indexes, rank_features in per_rank:  # rank order, first occurrence wins
+            for row, index in enumerate(rank_indexes.tolist()):
+                if index not in seen:
+                    seen.add(index)
+                    indexes.append(index)
+                    for name, f in rank_features.items():
+                        features[name].append(f[row])
+        stacked = {name: torch.stack(rows) for name, rows in features.items()}
+        reference.step(stacked, torch.tensor(indexes), epoch)
+    expected = reference.state_dict()
+    for state in (r["ulgm"] for r in ranks):
+        assert state.keys() == expected.keys()
+        for key, value in expected.items():
+            torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+
+
 def test_sync_dist_true_without_process_group_is_an_error():
     with pytest.raises(ValueError, match="sync_dist: expected an initialised process group"):
         F.covariance(torch.randn(4, 2), sync_dist=True)

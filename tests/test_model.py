@@ -135,7 +135,7 @@ def test_preset_overrides_and_errors():
         ("align_projection", "random", ValueError),
         ("align_private", "clipped", ValueError),
         ("audio_out", 0, ValueError),
-        ("post_text_dropout", 1.0, ValueError),
+        ("post_text_dropout", 1.5, ValueError),
         ("lr_other", -1e-3, ValueError),
         ("feature_dims", (768, 5), ValueError),
         ("alignment", 3, TypeError),
