@@ -13,7 +13,10 @@ import torch.distributed as dist
 from torch import nn
 
 import deepalign
+from deepalign import MSAConfig, MultiTaskMSA
 from deepalign import functional as F
+from deepalign.data import make_synthetic
+from deepalign.training import Trainer
 
 ROWS_A, ROWS_B = (5, 9), (7, 3)  # unequal per-rank batches
 
@@ -30,7 +33,7 @@ def shared_inputs(d: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return x_a, x_b
 
 
-def loss_scenario(rank: int, world: int) -> dict:
+def loss_scenario(rank: int, world: int, out: Path) -> dict:
     x_a, x_b = shared_inputs()
     local_a = x_a[rank_slice(ROWS_A, rank)].clone().requires_grad_()
     local_b = x_b[rank_slice(ROWS_B, rank)].clone().requires_grad_()
@@ -39,7 +42,7 @@ def loss_scenario(rank: int, world: int) -> dict:
     return {"theta": theta.detach(), "grad_a": local_a.grad, "grad_b": local_b.grad}
 
 
-def ddp_scenario(rank: int, world: int) -> dict:
+def ddp_scenario(rank: int, world: int, out: Path) -> dict:
     x_a, x_b = shared_inputs()
     torch.manual_seed(1)
     net = nn.Linear(6, 4).double()
@@ -81,7 +84,7 @@ def ulgm_labels() -> torch.Tensor:
     return torch.linspace(-3, 3, ULGM_SAMPLES)
 
 
-def ulgm_scenario(rank: int, world: int) -> dict:
+def ulgm_scenario(rank: int, world: int, out: Path) -> dict:
     ulgm = deepalign.ULGM(ULGM_SAMPLES, ULGM_DIMS)  # sync_dist=None: automatic
     ulgm.init_labels(torch.arange(ULGM_SAMPLES), ulgm_labels())
     for epoch, per_rank in ulgm_schedule():
@@ -90,16 +93,37 @@ def ulgm_scenario(rank: int, world: int) -> dict:
     return ulgm.state_dict()
 
 
-SCENARIOS = {"loss": loss_scenario, "ddp": ddp_scenario, "ulgm": ulgm_scenario}
+def train_scenario(rank: int, world: int, out: Path) -> dict:
+    trainer = make_trainer(out / "train")
+    result = trainer.fit()
+    return {"ulgm": trainer.ulgm.state_dict(), "test": result.test, "epochs": result.epochs}
+
+
+def make_trainer(out_dir: Path | None) -> Trainer:
+    splits = make_synthetic("mosi", n_train=40, seq_len=5, text_dim=8, seed=0)
+    config = MSAConfig.preset(
+        "mosi", text_mode="features", feature_dims=(8, 5, 20), batch_size=8, alignment="V-A"
+    )
+    torch.manual_seed(0)
+    return Trainer(MultiTaskMSA(config), splits, max_epochs=2, out_dir=out_dir)
+
+
+SCENARIOS = {
+    "loss": loss_scenario,
+    "ddp": ddp_scenario,
+    "ulgm": ulgm_scenario,
+    "train": train_scenario,
+}
 
 
 def main() -> None:
     scenarios, rank, world, port, out = sys.argv[1], *map(int, sys.argv[2:5]), Path(sys.argv[5])
+    torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
-        results = {name: SCENARIOS[name](rank, world) for name in scenarios.split(",")}
+        results = {name: SCENARIOS[name](rank, world, out) for name in scenarios.split(",")}
         torch.save(results, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

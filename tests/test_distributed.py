@@ -12,6 +12,7 @@ from torch import nn
 
 import deepalign
 from deepalign import functional as F
+from deepalign.training import CHECKPOINT
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_worker
@@ -27,7 +28,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
+def ranks(tmp_path_factory) -> tuple[list[dict], Path]:
     """Every scenario of dist_worker, run once by WORLD processes (one start-up for all tests)."""
     out, port, worker = tmp_path_factory.mktemp("ranks"), free_port(), dist_worker.__file__
     scenarios = ",".join(dist_worker.SCENARIOS)
@@ -42,11 +43,11 @@ def ranks(tmp_path_factory) -> list[dict]:
     outputs = [p.communicate(timeout=180)[0].decode() for p in procs]
     for p, text in zip(procs, outputs, strict=True):
         assert p.returncode == 0, text
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)], out
 
 
 def test_global_batch_loss_and_gradients(ranks):
-    results = [r["loss"] for r in ranks]
+    results = [r["loss"] for r in ranks[0]]
     x_a, x_b = (x.requires_grad_() for x in dist_worker.shared_inputs())
     theta = F.covariance_alignment_loss(x_a, x_b)
     theta.backward()
@@ -61,7 +62,7 @@ def test_global_batch_loss_and_gradients(ranks):
 
 
 def test_ddp_parameter_gradients_equal_single_process(ranks):
-    results = [r["ddp"] for r in ranks]
+    results = [r["ddp"] for r in ranks[0]]
     x_a, x_b = dist_worker.shared_inputs()
     torch.manual_seed(1)
     net = nn.Linear(6, 4).double()
@@ -89,10 +90,26 @@ def test_ulgm_banks_identical_on_all_ranks_and_equal_to_union_batches(ranks):
         stacked = {name: torch.stack(rows) for name, rows in features.items()}
         reference.step(stacked, torch.tensor(indexes), epoch)
     expected = reference.state_dict()
-    for state in (r["ulgm"] for r in ranks):
+    for state in (r["ulgm"] for r in ranks[0]):
         assert state.keys() == expected.keys()
         for key, value in expected.items():
             torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_two_process_training_shares_the_ulgm_and_writes_the_usual_checkpoint(ranks, tmp_path):
+    results, out = ranks
+    first, second = (r["train"] for r in results)
+    assert first["epochs"] == second["epochs"] == 2
+    assert first["test"] == second["test"]  # metrics gathered over both ranks
+    for key, value in first["ulgm"].items():
+        torch.testing.assert_close(second["ulgm"][key], value, rtol=0, atol=0, msg=key)
+    distributed = torch.load(out / "train" / CHECKPOINT, weights_only=True)
+    dist_worker.make_trainer(tmp_path).fit()  # one process, same settings
+    single = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert distributed.keys() == single.keys()
+    for part in ("model", "ulgm", "optimizer", "state"):
+        assert distributed[part].keys() == single[part].keys(), part
+    assert not (out / "train" / CHECKPOINT).with_suffix(".pt.tmp").exists()
 
 
 def test_sync_dist_true_without_process_group_is_an_error():
