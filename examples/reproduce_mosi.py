@@ -1,0 +1,14 @@
+"""Reproduce the paper's Table III on CMU-MOSI: MultiTaskMSA with V-A alignment, 5 seeds.
+
+Without a dataset (no --data and no $DEEPALIGN_DATA/MOSI/Processed/unaligned_50.pkl) it runs on
+synthetic MOSI-shaped data and says so. Examples:
+
+    python examples/reproduce_mosi.py                       # embedded default: synthetic data
+    python examples/reproduce_mosi.py --data unaligned_50.pkl --baseline
+    torchrun --nproc_per_node=2 examples/reproduce_mosi.py --data unaligned_50.pkl
+"""
+
+from deepalign.experiments import main
+
+if __name__ == "__main__":
+    main(None, dataset="mosi", description=__doc__.splitlines()[0])
