@@ -71,12 +71,13 @@ def init_from_env(backend: str | None = None) -> bool:
             else gloo.
 
     Returns:
-        Whether a process group of more than one rank is now active.
+        Whether this call initialised the process group (then the caller should destroy it with
+        :func:`torch.distributed.destroy_process_group` when done).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return is_active()
+        return False
     dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
-    return is_active()
+    return True
 
 
 def gather_rows(x: torch.Tensor) -> torch.Tensor:

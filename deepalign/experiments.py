@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import warnings
@@ -167,7 +168,7 @@ def run(
     for seed in seeds:
         torch.manual_seed(seed)
         model = MultiTaskMSA(config)
-        folder = None if out_dir is None else out_dir / name / f"seed{seed}"
+        folder = None if out_dir is None else out_dir / _slug(name) / f"seed{seed}"
         trainer = Trainer(
             model, splits, dataset=dataset, seed=seed, max_epochs=max_epochs, device=device,
             out_dir=folder, progress=progress,
@@ -179,6 +180,11 @@ def run(
             summary.valid.setdefault(key, []).append(value)
         summary.curves.append(result.history)
     return summary
+
+
+def _slug(name: str) -> str:
+    """A folder name for a row name: ``"deepalign V-A"`` -> ``"deepalign_V-A"``."""
+    return re.sub(r"[^\w+-]+", "_", name).strip("_")
 
 
 def format_table(dataset: str, summaries: Sequence[RunSummary], *, title: str) -> str:
@@ -334,7 +340,15 @@ def main(
     """The command line of ``examples/reproduce_<dataset>.py`` (and, with ``specs``, of the
     Table II ablation): parse, load, run every configuration, print and write the table."""
     args = parser(dataset, description).parse_args(argv)
-    distributed.init_from_env()
+    started = distributed.init_from_env()
+    try:
+        return _run_all(args, dataset, specs)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+
+
+def _run_all(args: argparse.Namespace, dataset: str, specs: Sequence[str]) -> list[RunSummary]:
     splits, synthetic = load_data(args, dataset)
     if synthetic and distributed.is_main():
         _warn_synthetic(args.quick)

@@ -2,6 +2,7 @@
 
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -73,3 +74,20 @@ def test_format_table_mean_and_std():
     summary.test |= {k: [0.5, 0.7] for k in ("Mult_acc_2", "F1_score")}
     table = experiments.format_table("sims", [summary], title="t")
     assert "| x (2 seeds) | 0.6 ± 0.14 | 0.2 ± 0.14 | 60.00 ± 14.14 | 60.00 ± 14.14 |" in table
+
+
+def test_ridge_floors_on_synthetic_data(monkeypatch, capsys):
+    run_example("ridge_floors.py", ["--n-train", "64"], monkeypatch)
+    out = capsys.readouterr().out
+    for name in ("| text |", "| audio + vision |", "| text + audio + vision |"):
+        assert name in out
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_quick(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    command += [str(EXAMPLES / "reproduce_mosi.py"), "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "deepalign V-A (1 seeds)" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "deepalign_V-A" / "seed1111" / "checkpoint.pt").exists()
