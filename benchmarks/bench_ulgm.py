@@ -5,23 +5,18 @@ not grow with ``num_samples``; the published algorithm recomputes every centre f
 feature bank at each step. The naive timing is deepalign's step followed by that re-scan (masks
 and means over all rows of every bank), i.e. the per-step cost of the published bookkeeping.
 
-Usage::
-
-    python benchmarks/bench_ulgm.py [--quick] [--out results.json] [--threads 1]
+Timing and the environment record follow ``common.py``; no memory is measured here.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from itertools import cycle
+from pathlib import Path
+from typing import Any
 
+import common
 import torch
-from torch.utils import benchmark
 
 from deepalign import ULGM
 
@@ -33,19 +28,19 @@ NUM_BATCHES = 64
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
 
-def make_ulgm(num_samples: int, generator: torch.Generator) -> ULGM:
+def make_ulgm(num_samples: int, generator: torch.Generator, device: torch.device) -> ULGM:
     ulgm = ULGM(num_samples, DIMS)
     labels = torch.rand(num_samples, generator=generator) * 6 - 3
     ulgm.init_labels(torch.arange(num_samples), labels)
-    return ulgm
+    return ulgm.to(device)
 
 
-def make_batches(num_samples: int, generator: torch.Generator) -> list[Batch]:
+def make_batches(num_samples: int, generator: torch.Generator, device: torch.device) -> list[Batch]:
     batches = []
     for _ in range(NUM_BATCHES):
         indexes = torch.randperm(num_samples, generator=generator)[:BATCH_SIZE]
         features = {m: torch.randn(BATCH_SIZE, d, generator=generator) for m, d in DIMS.items()}
-        batches.append((features, indexes))
+        batches.append(({m: f.to(device) for m, f in features.items()}, indexes.to(device)))
     return batches
 
 
@@ -58,7 +53,8 @@ def incremental_step(ulgm: ULGM, batches: Iterator[Batch]) -> Callable[[], None]
 
 
 def rescanning_step(ulgm: ULGM, batches: Iterator[Batch]) -> Callable[[], None]:
-    feature_banks = {m: torch.zeros(ulgm.num_samples, d) for m, d in DIMS.items()}
+    device = ulgm.initialized.device
+    feature_banks = {m: torch.zeros(ulgm.num_samples, d, device=device) for m, d in DIMS.items()}
     centers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def step() -> None:
@@ -72,71 +68,70 @@ def rescanning_step(ulgm: ULGM, batches: Iterator[Batch]) -> Callable[[], None]:
     return step
 
 
-def measure(step: Callable[[], None], min_run_time: float, threads: int) -> dict[str, float | int]:
-    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
-    step()  # warm-up: first-call allocations are not part of the steady state
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    return {
-        "median_s": measurement.median,
-        "iqr_s": measurement.iqr,
-        "blocks": len(measurement.times),
-        "runs_per_block": measurement.number_per_run,
+def run_case(num_samples: int, args: Any) -> dict[str, Any]:
+    generator = common.seed_everything(num_samples)
+    batches = make_batches(num_samples, generator, args.device)
+    steps = {
+        kind: make_step(make_ulgm(num_samples, generator, args.device), cycle(batches))
+        for kind, make_step in (("incremental", incremental_step), ("rescan", rescanning_step))
     }
-
-
-def machine() -> dict[str, object]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-    }
-
-
-def run(sizes: Sequence[int], min_run_time: float, threads: int) -> list[dict[str, object]]:
-    results = []
-    for num_samples in sizes:
-        generator = torch.Generator().manual_seed(num_samples)
-        batches = make_batches(num_samples, generator)
-        timings = {}
-        for kind, make_step in (("incremental", incremental_step), ("rescan", rescanning_step)):
-            ulgm = make_ulgm(num_samples, generator)
-            timings[kind] = measure(make_step(ulgm, cycle(batches)), min_run_time, threads)
-        results.append({"num_samples": num_samples, **timings})
-        print(
-            f"num_samples={num_samples:>6}: incremental "
-            f"{timings['incremental']['median_s'] * 1e6:8.1f} us, "
-            f"re-scan {timings['rescan']['median_s'] * 1e6:8.1f} us (medians)"
-        )
-    return results
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two sizes, short timings (smoke)")
-    parser.add_argument("--out", help="write the results as JSON to this path")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1: stable on shared CPUs)"
+    timings = common.measure(steps, args, memory=False)
+    print(
+        f"num_samples={num_samples:>6}: incremental "
+        f"{common.fmt_time(timings['incremental']['median_s'])}, "
+        f"re-scan {common.fmt_time(timings['rescan']['median_s'])} (medians)"
     )
-    args = parser.parse_args(argv)
-    sizes, min_run_time = (QUICK_SIZES, 0.01) if args.quick else (SIZES, 1.0)
-    results = run(sizes, min_run_time, args.threads)
-    incremental = [r["incremental"]["median_s"] for r in results]
-    report = {
-        "benchmark": "ULGM.step",
-        "quick": args.quick,
-        "machine": machine(),
-        "torch_version": torch.__version__,
-        "num_threads": args.threads,
-        "batch_size": BATCH_SIZE,
-        "dims": DIMS,
-        "results": results,
-        "incremental_largest_over_smallest": incremental[-1] / incremental[0],
+    return {"num_samples": num_samples, **timings}
+
+
+def summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    smallest = results[0]["incremental"]["median_s"]
+    rows = [
+        [
+            str(r["num_samples"]),
+            common.fmt_time(r["incremental"]["median_s"]),
+            f"{r['incremental']['median_s'] / smallest:.2f}",
+            common.fmt_time(r["rescan"]["median_s"]),
+        ]
+        for r in results
+    ]
+    return {
+        "title": f"ULGM.step against the training-set size (batch {BATCH_SIZE})",
+        "columns": ["num_samples", "incremental", "÷ smallest", "re-scanning"],
+        "rows": rows,
+        "note": "Medians. Incremental: deepalign's O(B·d) step; re-scanning: the same step plus "
+        "the published per-step recomputation of every centre from the whole bank.",
     }
-    if args.out:
-        with open(args.out, "w") as file:
-            json.dump(report, file, indent=2)
-    return report
+
+
+def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
+    fig, axes = common.subplots()
+    ax = axes[0][0]
+    sizes = [r["num_samples"] for r in results]
+    for kind in ("incremental", "rescan"):
+        ax.plot(sizes, [r[kind]["median_s"] for r in results], marker="o", label=kind)
+    ax.set(xscale="log", yscale="log", xlabel="num_samples", ylabel="step time (s)")
+    ax.legend()
+    common.save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = common.parse_args(__doc__, argv, min_run_time=0.3, rounds=3)
+    sizes = QUICK_SIZES if args.quick else SIZES
+    results = [run_case(num_samples, args) for num_samples in sizes]
+    if args.plot:
+        plot(results, args.plot)
+    incremental = [r["incremental"]["median_s"] for r in results]
+    return common.report(
+        "ulgm",
+        args,
+        results,
+        summary(results),
+        batch_size=BATCH_SIZE,
+        dims=DIMS,
+        sizes=list(sizes),
+        incremental_largest_over_smallest=incremental[-1] / incremental[0],
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""Covariance alignment loss, forward + backward in float32: deepalign against the usual forms.
+
+For every batch size N (rows of each input) and width d, one call computes the loss
+θ = ‖C_a − C_b‖²_F / (4d²) of two (N, d) inputs and its gradient with respect to both
+(``torch.autograd.grad``, so no ``.grad`` accumulation is timed). Variants:
+
+- ``deepalign``: :func:`deepalign.functional.covariance_alignment_loss` (its Gram path when
+  2N < d, the centred d×d path with a one-matmul backward otherwise);
+- ``onepass`` (a): the literal one-pass Eq. 12 under autograd,
+  C = (MᵀM − (1ᵀM)ᵀ(1ᵀM)/N)/(N − 1), as most public CORAL implementations write it;
+- ``torch_cov`` (b): ``torch.cov`` under autograd;
+- ``floor`` (c): the matrix products alone, on pre-centred inputs and a fixed d×d matrix D:
+  X̃ᵀX̃ for both inputs (forward) and X̃·D for both (backward).
+
+Reported: median time and IQR, peak memory (see ``common.py``), and each variant's time and
+memory as ratios to (a) and to (c).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import common
+import torch
+
+from deepalign.functional import covariance_alignment_loss
+
+SIZES = (32, 256, 4096)
+WIDTHS = (16, 128, 1024)
+QUICK_SIZES = (32, 256)
+QUICK_WIDTHS = (16, 128)
+VARIANTS = ("deepalign", "onepass", "torch_cov", "floor")
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def onepass_covariance(m: torch.Tensor) -> torch.Tensor:
+    """Eq. 12 as printed: C = (MᵀM − (1ᵀM)ᵀ(1ᵀM)/N)/(N − 1)."""
+    n = m.shape[0]
+    s = m.sum(dim=0, keepdim=True)
+    return (m.mT @ m - s.mT @ s / n) / (n - 1)
+
+
+def distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
+    """θ = ‖C_a − C_b‖²_F / (4d²)."""
+    d = c_a.shape[0]
+    return (c_a - c_b).square().sum() / (4 * d * d)
+
+
+def onepass_loss(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    return distance(onepass_covariance(x_a), onepass_covariance(x_b))
+
+
+def torch_cov_loss(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    return distance(torch.cov(x_a.mT), torch.cov(x_b.mT))
+
+
+LOSSES: dict[str, Loss] = {
+    "deepalign": covariance_alignment_loss,
+    "onepass": onepass_loss,
+    "torch_cov": torch_cov_loss,
+}
+
+
+def forward_backward(loss: Loss, x_a: torch.Tensor, x_b: torch.Tensor) -> Callable[[], object]:
+    def step() -> object:
+        return torch.autograd.grad(loss(x_a, x_b), (x_a, x_b))
+
+    return step
+
+
+def matmul_floor(x_a: torch.Tensor, x_b: torch.Tensor) -> Callable[[], object]:
+    """The products a covariance loss cannot avoid: X̃ᵀX̃ forward and X̃·D backward, per input."""
+    xc_a = (x_a - x_a.mean(dim=0)).detach()
+    xc_b = (x_b - x_b.mean(dim=0)).detach()
+    d = x_a.shape[1]
+    grad = torch.randn(d, d, device=x_a.device)
+
+    def step() -> object:
+        return xc_a.mT @ xc_a, xc_b.mT @ xc_b, xc_a @ grad, xc_b @ grad
+
+    return step
+
+
+def run_case(n: int, d: int, args: Any) -> dict[str, Any]:
+    generator = common.seed_everything(n * 10_000 + d)
+    x_a, x_b = (torch.randn(n, d, generator=generator).to(args.device) for _ in range(2))
+    x_a.requires_grad_(True)
+    x_b.requires_grad_(True)
+    variants = {name: forward_backward(loss, x_a, x_b) for name, loss in LOSSES.items()}
+    variants["floor"] = matmul_floor(x_a, x_b)
+    timings = common.measure(variants, args)
+    result = {
+        "n": n,
+        "d": d,
+        "path": "gram" if 2 * n < d else "dxd",
+        **timings,
+        "time_vs_onepass": common.ratios(timings, "onepass"),
+        "time_vs_floor": common.ratios(timings, "floor"),
+        "memory_vs_onepass": common.ratios(timings, "onepass", "peak_bytes"),
+        "memory_vs_floor": common.ratios(timings, "floor", "peak_bytes"),
+    }
+    print(
+        f"N={n:>5} d={d:>5} ({result['path']}): deepalign "
+        f"{common.fmt_time(timings['deepalign']['median_s'])}, "
+        f"x{result['time_vs_onepass']['deepalign']:.2f} of (a), "
+        f"x{result['time_vs_floor']['deepalign']:.2f} of the floor"
+    )
+    return result
+
+
+def summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    rows = []
+    for r in results:
+        time_a, time_c = r["time_vs_onepass"], r["time_vs_floor"]
+        rows.append(
+            [
+                str(r["n"]),
+                str(r["d"]),
+                r["path"],
+                common.fmt_time(r["deepalign"]["median_s"]),
+                f"{time_a['deepalign']:.2f}",
+                f"{r['deepalign']['median_s'] / r['torch_cov']['median_s']:.2f}",
+                f"{time_c['deepalign']:.2f}",
+                f"{time_c['onepass']:.2f}",
+                common.fmt_bytes(r["deepalign"]["peak_bytes"]),
+                f"{r['memory_vs_onepass']['deepalign']:.2f}",
+            ]
+        )
+    return {
+        "title": "Covariance alignment loss, forward + backward (float32)",
+        "columns": [
+            "N",
+            "d",
+            "path",
+            "deepalign",
+            "÷ (a) one-pass",
+            "÷ (b) torch.cov",
+            "÷ (c) floor",
+            "(a) ÷ floor",
+            "peak mem",
+            "mem ÷ (a)",
+        ],
+        "rows": rows,
+        "note": "Times are medians; ratios below 1 mean deepalign is faster (or smaller). "
+        "Targets: ≤ 1 against (a) and (b) everywhere, ≤ 1.5 against the floor for N ≥ 256.",
+    }
+
+
+def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
+    widths = sorted({r["d"] for r in results})
+    fig, axes = common.subplots(len(widths))
+    for ax, d in zip(axes[0], widths, strict=True):
+        rows = [r for r in results if r["d"] == d]
+        for name in VARIANTS:
+            times = [r[name]["median_s"] for r in rows]
+            ax.plot([r["n"] for r in rows], times, marker="o", label=name)
+        ax.set(xscale="log", yscale="log", xlabel="N (rows per input)", title=f"d = {d}")
+    axes[0][0].set_ylabel("forward + backward time (s)")
+    axes[0][0].legend()
+    common.save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = common.parse_args(__doc__, argv, min_run_time=0.2, rounds=3)
+    sizes, widths = (QUICK_SIZES, QUICK_WIDTHS) if args.quick else (SIZES, WIDTHS)
+    results = [run_case(n, d, args) for d in widths for n in sizes]
+    if args.plot:
+        plot(results, args.plot)
+    return common.report(
+        "loss", args, results, summary(results), sizes=list(sizes), widths=list(widths)
+    )
+
+
+if __name__ == "__main__":
+    main()
