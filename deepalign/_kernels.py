@@ -2,6 +2,7 @@
 
 - :class:`Covariance`: centred covariance, optionally over the global batch of a process group,
   with a backward of one ``N×d×d`` product.
+- :class:`CovarianceAlignment`: the alignment loss of one pair, fused, for ``N_a + N_b >= d``.
 - :class:`GramAlignment`: the alignment loss from ``N×N`` Gram matrices, for ``N_a + N_b < d``.
 """
 
@@ -85,6 +86,41 @@ class Covariance(torch.autograd.Function):
                 dist.all_reduce(grad_sym, group=ctx.group)
             grad_x = xc @ (grad_sym / ctx.denominator)
         return grad_x.to(ctx.input_dtype), None, None, None
+
+
+class CovarianceAlignment(torch.autograd.Function):
+    r"""The alignment loss of one pair of local batches in one autograd node.
+
+    Forward: :math:`D = k_a\tilde M_a^\top\tilde M_a - k_b\tilde M_b^\top\tilde M_b` (two
+    products, subtracted in place) and :math:`\theta = \langle D, D\rangle/4d^2`;
+    backward: :math:`k_a\tilde M_a D/d^2` and :math:`-k_b\tilde M_b D/d^2`, two products and no
+    ``d×d`` temporaries beyond :math:`D` (:math:`D` is symmetric, so no symmetrisation).
+    """
+
+    @staticmethod
+    def forward(ctx, x_a: torch.Tensor, x_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        d = x_a.shape[1]
+        k_a, k_b = 1.0 / (x_a.shape[0] - 1), 1.0 / (x_b.shape[0] - 1)
+        with no_autocast(x_a.device):
+            xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
+            diff = torch.mm(xc_a.mT, xc_a).mul_(k_a)
+            diff.sub_(torch.mm(xc_b.mT, xc_b).mul_(k_b))  # not addmm: θ(M, M) must be exactly 0
+            flat = diff.view(-1)
+            theta = torch.dot(flat, flat) / (4 * d * d)
+        ctx.save_for_backward(xc_a, xc_b, diff)
+        ctx.constants = (k_a, k_b, d, x_a.dtype, x_b.dtype)
+        return theta
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        xc_a, xc_b, diff = ctx.saved_tensors
+        k_a, k_b, d, dtype_a, dtype_b = ctx.constants
+        with no_autocast(xc_a.device):
+            scale = grad / (d * d)
+            grad_a = torch.mm(xc_a, diff).mul_(scale * k_a)
+            grad_b = torch.mm(xc_b, diff).mul_(scale * -k_b)
+        return grad_a.to(dtype_a), grad_b.to(dtype_b), None
 
 
 class GramAlignment(torch.autograd.Function):

@@ -355,14 +355,12 @@ class ModalityAlignment(nn.Module):
             )
         inputs = {name: check_tensor(features[name], name) for name in self.dims}
         check_same_device(**inputs)
-        covariances = {}
-        for name, x in inputs.items():
-            if self.projections is not None:
-                x = _project(self.projections, name, x, self.dims[name])
-            else:
+        if self.projections is not None:
+            inputs = {n: _project(self.projections, n, x, self.dims[n]) for n, x in inputs.items()}
+        else:
+            for name, x in inputs.items():
                 check_shape(x, name, ("N", self.dims[name]))
-            covariances[name] = F.named_covariance(x, name, sync_dist=self.sync_dist)
-        return covariances
+        return F.named_covariances(inputs, sync_dist=self.sync_dist)
 
     def _private_penalty(self, theta: torch.Tensor) -> torch.Tensor:
         return -theta if self.private == "negated" else -theta / (1 + theta)

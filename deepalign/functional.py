@@ -10,6 +10,8 @@ The derivations, and the errata of the paper's printed equations, are on the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.distributed as dist
 
@@ -21,7 +23,13 @@ from deepalign._checks import (
     check_tensor,
     compute_dtype,
 )
-from deepalign._kernels import Covariance, GramAlignment, centred, no_autocast
+from deepalign._kernels import (
+    Covariance,
+    CovarianceAlignment,
+    GramAlignment,
+    centred,
+    no_autocast,
+)
 from deepalign.distributed import should_sync
 
 __all__ = [
@@ -30,7 +38,7 @@ __all__ = [
     "covariance_alignment_grad",
     "covariance_alignment_loss",
     "covariance_distance",
-    "named_covariance",
+    "named_covariances",
 ]
 
 
@@ -41,15 +49,16 @@ def _check_features(x: object, name: str, *, min_rows: int) -> torch.Tensor:
     return x
 
 
-def _raise_non_finite(value: torch.Tensor, **inputs: torch.Tensor) -> None:
-    """Turn a NaN/Inf statistic into an error saying whether an input or the maths is to blame."""
-    if not bool(torch.isfinite(value).all()):
+def _raise_non_finite(finite: torch.Tensor, **inputs: torch.Tensor) -> None:
+    """If ``finite`` (booleans, one host synchronisation) is not all true, raise an error that
+    says whether an input or the maths (overflow) is to blame."""
+    if not bool(finite.all()):
         for name, x in inputs.items():
             check_finite(x, name)
-        largest = max(x.abs().max().item() for x in inputs.values() if x.numel())
+        largest = max((x.abs().max().item() for x in inputs.values() if x.numel()), default=0.0)
         raise ValueError(
-            f"{', '.join(inputs)}: the covariance statistics are not finite in {value.dtype} "
-            f"although these features are (largest magnitude {largest:.3g}): they overflowed, "
+            f"{', '.join(inputs)}: the covariance statistics are not finite although these "
+            f"features are (largest magnitude {largest:.3g}): they overflowed, "
             "or another rank's features hold NaN/Inf; rescale the features or pass float64"
         )
 
@@ -102,20 +111,45 @@ def covariance(
         tensor([[ 4.,  8.],
                 [ 8., 16.]])
     """
-    return named_covariance(x, "x", correction=correction, sync_dist=sync_dist)
+    return named_covariances({"x": x}, correction=correction, sync_dist=sync_dist)["x"]
 
 
-def named_covariance(
-    x: torch.Tensor, name: str, *, correction: int = 1, sync_dist: bool | None = None
-) -> torch.Tensor:
-    """:func:`covariance`, with errors naming ``x`` as ``name`` (e.g. a modality)."""
+def named_covariances(
+    inputs: Mapping[str, torch.Tensor], *, correction: int = 1, sync_dist: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """:func:`covariance` of several named inputs (e.g. modalities), errors naming each.
+
+    One host synchronisation checks all the results for NaN/Inf at once (a finite input can
+    still overflow), instead of one per input; the inputs are diagnosed only on failure.
+
+    Args:
+        inputs: name -> features of shape ``(N_name, d_name)``.
+        correction: as in :func:`covariance`.
+        sync_dist: as in :func:`covariance`.
+
+    Returns:
+        name -> the ``(d_name, d_name)`` covariance.
+
+    Raises:
+        TypeError, ValueError: as :func:`covariance`, naming the offending input.
+
+    Example:
+        >>> c = named_covariances({"audio": torch.randn(5, 2), "vision": torch.randn(7, 3)})
+        >>> {name: tuple(m.shape) for name, m in c.items()}
+        {'audio': (2, 2), 'vision': (3, 3)}
+    """
     if not isinstance(correction, int) or isinstance(correction, bool) or correction < 0:
         raise TypeError(f"correction: expected a non-negative int, got {correction!r}")
     group = process_group(sync_dist)
-    x = _check_features(x, name, min_rows=0 if group is not None else correction + 1)
-    c = Covariance.apply(x, correction, compute_dtype(x), group)
-    _raise_non_finite(c, **{name: x})
-    return c
+    min_rows = 0 if group is not None else correction + 1
+    checked = {name: _check_features(x, name, min_rows=min_rows) for name, x in inputs.items()}
+    covariances = {
+        name: Covariance.apply(x, correction, compute_dtype(x), group)
+        for name, x in checked.items()
+    }
+    finite = torch.stack([torch.isfinite(c).all() for c in covariances.values()])
+    _raise_non_finite(finite, **checked)
+    return covariances
 
 
 def covariance_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
@@ -218,13 +252,15 @@ def covariance_alignment_loss(
     """
     group = process_group(sync_dist)
     x_a, x_b = _check_pair(x_a, x_b, min_rows=2 if group is None else 0)
-    if group is None and x_a.shape[0] + x_b.shape[0] < x_a.shape[1]:
-        theta = GramAlignment.apply(x_a, x_b, compute_dtype(x_a, x_b))
-        _raise_non_finite(theta, x_a=x_a, x_b=x_b)
-        return theta
-    c_a = named_covariance(x_a, "x_a", sync_dist=group is not None)
-    c_b = named_covariance(x_b, "x_b", sync_dist=group is not None)
-    return covariance_distance(c_a, c_b)
+    if group is not None:
+        c = named_covariances({"x_a": x_a, "x_b": x_b}, sync_dist=True)
+        return covariance_distance(c["x_a"], c["x_b"])
+    wide = x_a.shape[0] + x_b.shape[0] < x_a.shape[1]
+    theta = (GramAlignment if wide else CovarianceAlignment).apply(
+        x_a, x_b, compute_dtype(x_a, x_b)
+    )
+    _raise_non_finite(torch.isfinite(theta), x_a=x_a, x_b=x_b)
+    return theta
 
 
 def covariance_alignment_grad(
@@ -269,7 +305,8 @@ def covariance_alignment_grad(
     dtype = compute_dtype(x_a, x_b)
     d = x_a.shape[1]
     with torch.no_grad(), no_autocast(x_a.device):
-        diff = named_covariance(x_a, "x_a").to(dtype) - named_covariance(x_b, "x_b").to(dtype)
+        c = named_covariances({"x_a": x_a, "x_b": x_b}, sync_dist=False)
+        diff = c["x_a"].to(dtype) - c["x_b"].to(dtype)
         xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
         grad_a = xc_a @ diff / (d * d * (x_a.shape[0] - 1))
         grad_b = xc_b @ diff / (-d * d * (x_b.shape[0] - 1))

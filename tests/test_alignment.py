@@ -174,15 +174,18 @@ def test_modality_alignment_equals_sum_of_functional_terms(spec, private):
 
 def test_each_modality_statistics_computed_once(monkeypatch):
     calls = []
-    original = F.named_covariance
 
-    def counting(x, name, **kwargs):
-        calls.append(name)
-        return original(x, name, **kwargs)
+    class Counting:
+        @staticmethod
+        def apply(x, *args):
+            calls.append(x.shape)
+            return original.apply(x, *args)
 
-    monkeypatch.setattr(F, "named_covariance", counting)
-    ModalityAlignment("T-V/T-A/A-V", dict.fromkeys(NAMES, 4))(batch(4))
-    assert sorted(calls) == sorted(NAMES)
+    original = F.Covariance
+    monkeypatch.setattr(F, "Covariance", Counting)
+    widths = dict(zip(NAMES, (4, 5, 6), strict=True))
+    ModalityAlignment("T-V/T-A/A-V", widths, proj_dim=3)(batch(4, widths=(4, 5, 6)))
+    assert sorted(calls) == [(12, 3)] * 3
 
 
 def test_modality_alignment_gradients_match_sum_of_terms():
