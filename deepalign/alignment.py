@@ -262,8 +262,10 @@ class ModalityAlignment(nn.Module):
       so features cannot be blown up to drive the loss to :math:`-\infty`.
     - ``"negated"``: :math:`\phi(\theta) = -\theta`, unbounded below; reproduces Table II.
 
-    Each modality's covariance is computed once per call, however many terms name it, and the
-    backward pass runs one ``N×d×d`` product per modality.
+    Each modality's statistics are computed once per call, however many terms name it
+    (:func:`deepalign.functional.pairwise_alignment_losses`): its covariance, with a backward
+    of one ``N×d×d`` product per modality, or, when every term has :math:`N_m + N_n < d`, its
+    ``N×N`` Gram matrix.
 
     Args:
         spec: the terms, e.g. ``"V-A"`` or ``"T-V/T-A/A-V"`` (see :func:`parse_spec`).
@@ -334,17 +336,21 @@ class ModalityAlignment(nn.Module):
     def forward(
         self, features: Mapping[str, torch.Tensor], *, return_terms: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        covariances = self._covariances(features)
-        values = {}
-        for term in self.terms:
-            theta = F.covariance_distance(covariances[term.first], covariances[term.second])
-            values[str(term)] = self._private_penalty(theta) if term.private else theta
+        pairs = [(term.first, term.second) for term in self.terms]
+        thetas = F.pairwise_alignment_losses(
+            self._inputs(features), pairs, sync_dist=self.sync_dist
+        )
+        values = {
+            str(term): self._private_penalty(theta) if term.private else theta
+            for term, theta in zip(self.terms, thetas, strict=True)
+        }
         total = self.weight * torch.stack(list(values.values())).sum()
         if return_terms:
             return total, {name: value.detach() for name, value in values.items()}
         return total
 
-    def _covariances(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _inputs(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The aligned modalities' features, checked and projected to the common width."""
         if not isinstance(features, Mapping):
             raise TypeError(f"features: expected a mapping name -> tensor, got {type(features)}")
         missing = [name for name in self.dims if name not in features]
@@ -355,12 +361,11 @@ class ModalityAlignment(nn.Module):
             )
         inputs = {name: check_tensor(features[name], name) for name in self.dims}
         check_same_device(**inputs)
-        if self.projections is not None:
-            inputs = {n: _project(self.projections, n, x, self.dims[n]) for n, x in inputs.items()}
-        else:
+        if self.projections is None:
             for name, x in inputs.items():
                 check_shape(x, name, ("N", self.dims[name]))
-        return F.named_covariances(inputs, sync_dist=self.sync_dist)
+            return inputs
+        return {n: _project(self.projections, n, x, self.dims[n]) for n, x in inputs.items()}
 
     def _private_penalty(self, theta: torch.Tensor) -> torch.Tensor:
         return -theta if self.private == "negated" else -theta / (1 + theta)

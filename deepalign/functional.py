@@ -10,7 +10,7 @@ The derivations, and the errata of the paper's printed equations, are on the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -39,6 +39,7 @@ __all__ = [
     "covariance_alignment_loss",
     "covariance_distance",
     "named_covariances",
+    "pairwise_alignment_losses",
 ]
 
 
@@ -261,6 +262,80 @@ def covariance_alignment_loss(
     )
     _raise_non_finite(torch.isfinite(theta), x_a=x_a, x_b=x_b)
     return theta
+
+
+def pairwise_alignment_losses(
+    inputs: Mapping[str, torch.Tensor],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    sync_dist: bool | None = None,
+) -> list[torch.Tensor]:
+    r""":math:`\theta` of :func:`covariance_alignment_loss` for several pairs of named inputs,
+    each input's statistics computed once.
+
+    With covariances (``d×d``), or, when every pair has :math:`N_m + N_n < d` and nothing is
+    synchronised, with Gram matrices: each input's centred rows and
+    :math:`\lVert \tilde M_m\tilde M_m^\top\rVert_F^2` once, one
+    :math:`\lVert \tilde M_m\tilde M_n^\top\rVert_F^2` per pair (the identity of
+    :func:`covariance_alignment_loss`'s Gram path). One host synchronisation checks all the
+    results for NaN/Inf.
+
+    Args:
+        inputs: name -> features; the names in ``pairs`` must share one width ``d``.
+        pairs: the ``(first, second)`` names of each term.
+        sync_dist: as in :func:`covariance`.
+
+    Returns:
+        One 0-dim tensor per pair, in order.
+
+    Shape:
+        - inputs[name]: :math:`(N_\text{name}, d)`
+        - output: a list of :math:`()` tensors
+
+    Raises:
+        TypeError, ValueError: as :func:`covariance_alignment_loss`, naming the input; also if
+            a name in ``pairs`` is not in ``inputs`` or the widths differ.
+
+    Example:
+        >>> x = {m: torch.randn(6, 3) for m in ("text", "audio", "vision")}
+        >>> thetas = pairwise_alignment_losses(x, [("text", "audio"), ("audio", "vision")])
+        >>> torch.allclose(thetas[1], covariance_alignment_loss(x["audio"], x["vision"]))
+        True
+    """
+    group = process_group(sync_dist)
+    used = list(dict.fromkeys(name for pair in pairs for name in pair))
+    missing = [name for name in used if name not in inputs]
+    if missing:
+        raise ValueError(f"inputs: expected the names of pairs {list(pairs)}, missing {missing}")
+    checked = {n: _check_features(inputs[n], n, min_rows=0 if group else 2) for n in used}
+    check_same_device(**checked)
+    widths = {name: x.shape[1] for name, x in checked.items()}
+    if len(set(widths.values())) > 1:
+        raise ValueError(f"inputs: expected one width for all paired inputs, got {widths}")
+    rows = {name: x.shape[0] for name, x in checked.items()}
+    if group is None and all(rows[m] + rows[n] < widths[m] for m, n in pairs):
+        thetas = _gram_losses(checked, pairs)
+        _raise_non_finite(torch.isfinite(torch.stack(thetas)), **checked)
+        return thetas
+    covariances = named_covariances(checked, sync_dist=group is not None)
+    return [covariance_distance(covariances[m], covariances[n]) for m, n in pairs]
+
+
+def _gram_losses(
+    inputs: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]]
+) -> list[torch.Tensor]:
+    """The Gram form of θ under plain autograd, each input's terms once (``N_m + N_n < d``)."""
+    first = next(iter(inputs.values()))
+    dtype, d = compute_dtype(*inputs.values()), first.shape[1]
+    with no_autocast(first.device):
+        xc = {name: centred(x, dtype) for name, x in inputs.items()}
+        k = {name: 1.0 / (x.shape[0] - 1) for name, x in inputs.items()}
+        own = {name: (x @ x.mT).square().sum() * k[name] ** 2 for name, x in xc.items()}
+        return [
+            (own[m] + own[n] - 2 * k[m] * k[n] * (xc[m] @ xc[n].mT).square().sum()).clamp_min(0)
+            / (4 * d * d)
+            for m, n in pairs
+        ]
 
 
 def covariance_alignment_grad(

@@ -281,3 +281,42 @@ def test_public_names_exported():
     for name in ("CovarianceAlignmentLoss", "ModalityAlignment", "FixedProjection", "parse_spec"):
         assert name in deepalign.__all__
         assert getattr(deepalign, name) is not None
+
+
+@pytest.mark.parametrize("n", [5, 40])  # 5 + 5 < 64: Gram path; 40 + 40 >= 64: covariances
+def test_pairwise_losses_on_both_paths_equal_single_losses(n):
+    x = {k: v.requires_grad_() for k, v in batch(11, n=n, widths=(64, 64, 64)).items()}
+    pairs = [("text", "vision"), ("text", "audio"), ("audio", "vision")]
+    thetas = F.pairwise_alignment_losses(x, pairs)
+    torch.stack(thetas).sum().backward()
+    grads = {k: v.grad.clone() for k, v in x.items()}
+    expected = dict.fromkeys(NAMES, 0)
+    for (a, b), theta in zip(pairs, thetas, strict=True):
+        torch.testing.assert_close(theta, F.covariance_alignment_loss(x[a], x[b]))
+        g_a, g_b = F.covariance_alignment_grad(x[a], x[b])
+        expected[a] = expected[a] + g_a
+        expected[b] = expected[b] + g_b
+    for name in NAMES:
+        torch.testing.assert_close(grads[name], expected[name])
+
+
+def test_wide_modality_alignment_gradcheck():
+    x = {k: v.requires_grad_() for k, v in batch(12, n=3, widths=(8, 8, 8)).items()}
+    module = ModalityAlignment("T-V/V+A", dict.fromkeys(NAMES, 8))
+
+    def loss(text, audio, vision):
+        return module({"text": text, "audio": audio, "vision": vision})
+
+    assert torch.autograd.gradcheck(loss, (x["text"], x["audio"], x["vision"]))
+
+
+def test_pairwise_losses_errors():
+    x = batch(13)
+    with pytest.raises(ValueError, match=r"missing \['speech'\]"):
+        F.pairwise_alignment_losses(x, [("text", "speech")])
+    x["audio"] = x["audio"][:, :3]
+    with pytest.raises(ValueError, match="expected one width for all paired inputs"):
+        F.pairwise_alignment_losses(x, [("text", "audio")])
+    x["audio"] = torch.full((12, 4), float("inf"), dtype=torch.float64)
+    with pytest.raises(ValueError, match="audio: expected finite"):
+        F.pairwise_alignment_losses(x, [("text", "audio")])
