@@ -88,6 +88,13 @@ class Covariance(torch.autograd.Function):
         return grad_x.to(ctx.input_dtype), None, None, None
 
 
+def _pair_constants(ctx, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
+    """``(k_a, k_b, d, dtype_a, dtype_b)`` of a pair of batches, also kept on ``ctx``."""
+    k_a, k_b = 1.0 / (x_a.shape[0] - 1), 1.0 / (x_b.shape[0] - 1)
+    ctx.constants = (k_a, k_b, x_a.shape[1], x_a.dtype, x_b.dtype)
+    return ctx.constants
+
+
 class CovarianceAlignment(torch.autograd.Function):
     r"""The alignment loss of one pair of local batches in one autograd node.
 
@@ -99,8 +106,7 @@ class CovarianceAlignment(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_a: torch.Tensor, x_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        d = x_a.shape[1]
-        k_a, k_b = 1.0 / (x_a.shape[0] - 1), 1.0 / (x_b.shape[0] - 1)
+        k_a, k_b, d, _, _ = _pair_constants(ctx, x_a, x_b)
         with no_autocast(x_a.device):
             xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
             diff = torch.mm(xc_a.mT, xc_a).mul_(k_a)
@@ -108,7 +114,6 @@ class CovarianceAlignment(torch.autograd.Function):
             flat = diff.view(-1)
             theta = torch.dot(flat, flat) / (4 * d * d)
         ctx.save_for_backward(xc_a, xc_b, diff)
-        ctx.constants = (k_a, k_b, d, x_a.dtype, x_b.dtype)
         return theta
 
     @staticmethod
@@ -135,8 +140,7 @@ class GramAlignment(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_a: torch.Tensor, x_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        d = x_a.shape[1]
-        k_a, k_b = 1.0 / (x_a.shape[0] - 1), 1.0 / (x_b.shape[0] - 1)
+        k_a, k_b, d, _, _ = _pair_constants(ctx, x_a, x_b)
         with no_autocast(x_a.device):
             xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
             gram_a, gram_b, cross = xc_a @ xc_a.mT, xc_b @ xc_b.mT, xc_a @ xc_b.mT
@@ -146,7 +150,6 @@ class GramAlignment(torch.autograd.Function):
                 - 2 * k_a * k_b * cross.square().sum()
             )
         ctx.save_for_backward(xc_a, xc_b, gram_a, gram_b, cross)
-        ctx.constants = (k_a, k_b, d, x_a.dtype, x_b.dtype)
         return squared.clamp_min(0) / (4 * d * d)
 
     @staticmethod

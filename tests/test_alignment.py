@@ -188,15 +188,23 @@ def test_each_modality_statistics_computed_once(monkeypatch):
     assert sorted(calls) == [(12, 3)] * 3
 
 
+def summed_analytic_grads(x: dict, pairs: list) -> dict:
+    """Per input, the sum over pairs of covariance_alignment_grad (the reference gradient)."""
+    total = dict.fromkeys(x, 0)
+    for a, b in pairs:
+        g_a, g_b = F.covariance_alignment_grad(x[a], x[b])
+        total[a] = total[a] + g_a
+        total[b] = total[b] + g_b
+    return total
+
+
 def test_modality_alignment_gradients_match_sum_of_terms():
     x = {k: v.requires_grad_() for k, v in batch(5).items()}
     ModalityAlignment("T-V/T-A/A-V", dict.fromkeys(NAMES, 4))(x).backward()
     grads = {k: v.grad.clone() for k, v in x.items()}
-    expected = dict.fromkeys(NAMES, 0)
-    for a, b in [("text", "vision"), ("text", "audio"), ("audio", "vision")]:
-        g_a, g_b = F.covariance_alignment_grad(x[a], x[b])
-        expected[a] = expected[a] + g_a
-        expected[b] = expected[b] + g_b
+    expected = summed_analytic_grads(
+        x, [("text", "vision"), ("text", "audio"), ("audio", "vision")]
+    )
     for name in NAMES:
         torch.testing.assert_close(grads[name], expected[name])
 
@@ -290,12 +298,9 @@ def test_pairwise_losses_on_both_paths_equal_single_losses(n):
     thetas = F.pairwise_alignment_losses(x, pairs)
     torch.stack(thetas).sum().backward()
     grads = {k: v.grad.clone() for k, v in x.items()}
-    expected = dict.fromkeys(NAMES, 0)
     for (a, b), theta in zip(pairs, thetas, strict=True):
         torch.testing.assert_close(theta, F.covariance_alignment_loss(x[a], x[b]))
-        g_a, g_b = F.covariance_alignment_grad(x[a], x[b])
-        expected[a] = expected[a] + g_a
-        expected[b] = expected[b] + g_b
+    expected = summed_analytic_grads(x, pairs)
     for name in NAMES:
         torch.testing.assert_close(grads[name], expected[name])
 
