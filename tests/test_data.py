@@ -1,10 +1,8 @@
 """deepalign.data: the MMSA loader, its cleaning and validation, collate, and the real MOSI file."""
 
-import os
 import pickle
 import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +10,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from deepalign.data import DataCleaningWarning, collate, load_mmsa, synthetic_mmsa_dict
-
-SHARED = Path(os.environ.get("DEEPALIGN_SHARED", Path(__file__).parents[2] / "shared"))
-MOSI_BCLSTM = SHARED / "data" / "mosi_bclstm" / "mosi_bclstm.pkl"
-needs_mosi = pytest.mark.skipif(
-    not MOSI_BCLSTM.exists(), reason=f"real MOSI file absent: {MOSI_BCLSTM}"
-)
 
 
 def small_raw(preset="mosi", seed=0, **options):
@@ -248,9 +240,8 @@ def test_missing_file_raises():
         load_mmsa("/nonexistent/deepalign/unaligned_50.pkl")
 
 
-@needs_mosi
-def test_real_mosi_loads_with_the_readme_layout():
-    splits = load_mmsa(MOSI_BCLSTM)
+def test_real_mosi_loads_with_the_readme_layout(real_mosi_path):
+    splits = load_mmsa(real_mosi_path)
     assert {name: len(ds) for name, ds in splits.items()} == {
         "train": 1252,
         "valid": 195,
@@ -267,14 +258,13 @@ def test_real_mosi_loads_with_the_readme_layout():
     assert splits["test"].tensors["audio"].abs().max() < 100  # raw values reach ~376
 
 
-@needs_mosi
-def test_real_mosi_text_ridge_reproduces_the_readme_floor():
+def test_real_mosi_text_ridge_reproduces_the_readme_floor(real_mosi_path):
     """The README's floor (text CNN: MAE 0.955, Corr 0.606) was measured independently."""
     from sklearn.linear_model import RidgeCV
 
     from deepalign.metrics import msa_metrics
 
-    splits = load_mmsa(MOSI_BCLSTM, standardize=("text",))
+    splits = load_mmsa(real_mosi_path, standardize=("text",))
     train, test = splits["train"], splits["test"]
     model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(
         train.tensors["text"][:, 0], train.labels["M"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deepalign import MSAConfig, MultiTaskMSA
-from deepalign.data import make_synthetic
+from deepalign.data import load_mmsa, make_synthetic
 from deepalign.training import CHECKPOINT, Trainer
 
 TEXT_DIM = 16
@@ -102,3 +102,16 @@ def test_errors(splits):
         Trainer(MultiTaskMSA(config), {"train": splits["train"], "valid": splits["valid"]})
     with pytest.raises(ValueError, match="max_epochs: expected a positive int"):
         Trainer(MultiTaskMSA(config), splits, max_epochs=0)
+
+
+def test_real_mosi_smoke(real_mosi_path):
+    """One epoch on the real CMU-MOSI file (text CNN features, fast): finite and better than
+    a constant prediction."""
+    splits = load_mmsa(real_mosi_path)
+    config = MSAConfig.preset("mosi", text_mode="features", feature_dims=(100, 73, 100))
+    config.alignment = "V-A"
+    torch.manual_seed(1111)
+    result = Trainer(MultiTaskMSA(config), splits, max_epochs=1).fit()
+    constant = (splits["test"].labels["M"] - splits["train"].labels["M"].mean()).abs().mean()
+    assert result.test["MAE"] < float(constant)
+    assert result.test["Corr"] > 0.3
