@@ -60,6 +60,14 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"expected all inputs on one device, got {listed}")
 
 
+def check_all_finite(tensors: Mapping[str, torch.Tensor]) -> None:
+    """:func:`check_finite` for several named tensors with one host synchronisation (the
+    culprits are looked up only when something is not finite)."""
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
+        for name, x in tensors.items():
+            check_finite(x, name)
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
     """Raise :class:`ValueError` if ``x`` holds NaN or Inf (one host synchronisation)."""
     finite = torch.isfinite(x)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from deepalign import distributed
 from deepalign._checks import (
+    check_all_finite,
     check_finite,
     check_indexes,
     check_keys,
@@ -442,9 +443,9 @@ class ULGM(nn.Module):
             feature = check_tensor(features[name], argument)
             check_shape(feature, argument, (batch_size, self.dims[name]))
             check_same_device(**{argument: feature, "ULGM buffers": self.initialized})
-            check_finite(feature, argument)
-            batch[name] = feature.detach()
-        return batch
+            batch[argument] = feature.detach()
+        check_all_finite(batch)
+        return {name: batch[f"features[{name!r}]"] for name in self.names}
 
     def _check_initialized(self, indexes: Tensor) -> None:
         missing = indexes[~self.initialized[indexes]]
