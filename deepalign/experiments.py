@@ -248,6 +248,12 @@ def parser(dataset: str, description: str) -> argparse.ArgumentParser:
         "(default: bert on real data, features on synthetic data)",
     )
     p.add_argument(
+        "--text-pooling",
+        choices=("cls", "mean"),
+        default=None,
+        help="bert mode: first token (default, Eq. 1) or mean over tokens (MiniLM's pooling)",
+    )
+    p.add_argument(
         "--seeds",
         type=int,
         nargs="+",
@@ -327,7 +333,7 @@ def build_config(
     if args.bert:
         overrides["text_encoder"] = str(minilm_path()) if args.bert == "minilm" else args.bert
     optional = {"alignment_weight": args.alignment_weight, "align_private": args.private}
-    optional["align_on"] = args.align_on
+    optional |= {"align_on": args.align_on, "text_pooling": args.text_pooling}
     overrides |= {key: value for key, value in optional.items() if value is not None}
     if args.quick:
         overrides["batch_size"] = 8

@@ -27,9 +27,10 @@ from deepalign._checks import (
 from deepalign.alignment import PRIVATE_MODES, PROJECTIONS, ModalityAlignment, parse_spec
 from deepalign.text import load_text_encoder, text_width
 
-__all__ = ["ALIGN_ON", "PRESETS", "TEXT_MODES", "MSAConfig", "MultiTaskMSA"]
+__all__ = ["ALIGN_ON", "PRESETS", "TEXT_MODES", "TEXT_POOLING", "MSAConfig", "MultiTaskMSA"]
 
 TEXT_MODES = ("bert", "features")
+TEXT_POOLING = ("cls", "mean")
 ALIGN_ON = ("encoder", "post")
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -138,6 +139,11 @@ class MSAConfig:
             ``text_mode="features"``; with ``"bert"`` it is read from the encoder's config.
         text_mode: ``"bert"`` (run :attr:`text_encoder` on token ids) or ``"features"``
             (pre-extracted ``(B, L, d_t)`` features; the first position is the text feature).
+        text_pooling: in bert mode, ``"cls"`` takes the last layer's first token (Eq. 1, as
+            Self-MM does) and ``"mean"`` the mean over the attention mask's tokens. Use
+            ``"mean"`` with encoders trained for mean pooling, such as the offline MiniLM
+            fallback (a sentence-transformers model whose first token was never trained as a
+            sentence summary).
         text_encoder: directory or hub id for :func:`deepalign.text.load_text_encoder`.
         finetune_text: train the text encoder (``True``) or freeze it and run it without
             gradient.
@@ -178,6 +184,7 @@ class MSAConfig:
 
     feature_dims: tuple[int, int, int] = (768, 5, 20)
     text_mode: str = "bert"
+    text_pooling: str = "cls"
     text_encoder: str = "bert-base-uncased"
     finetune_text: bool = True
     audio_hidden: int = 16
@@ -215,6 +222,7 @@ class MSAConfig:
     def __post_init__(self) -> None:
         self.feature_dims = tuple(self.feature_dims)
         check_choice(self.text_mode, "text_mode", TEXT_MODES)
+        check_choice(self.text_pooling, "text_pooling", TEXT_POOLING)
         check_choice(self.align_on, "align_on", ALIGN_ON)
         check_choice(self.align_projection, "align_projection", PROJECTIONS)
         check_choice(self.align_private, "align_private", PRIVATE_MODES)
@@ -526,7 +534,8 @@ class MultiTaskMSA(nn.Module):
         return text.shape[0]
 
     def _text_feature(self, text: torch.Tensor) -> torch.Tensor:
-        """The first ([CLS]) position of the last layer, or of the given features (Eq. 1)."""
+        """The first ([CLS]) position of the last layer (Eq. 1), or the mean over the tokens of
+        the attention mask (``text_pooling="mean"``); in features mode, the first position."""
         if self.text_encoder is None:
             return text[:, 0]
         ids, mask, segments = text.long().unbind(dim=1)
@@ -534,7 +543,10 @@ class MultiTaskMSA(nn.Module):
             hidden = self.text_encoder(
                 input_ids=ids, attention_mask=mask, token_type_ids=segments
             ).last_hidden_state
-        return hidden[:, 0]
+        if self.config.text_pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
 
     def alignment_loss(
         self, outputs: dict[str, torch.Tensor], *, return_terms: bool = False

@@ -462,3 +462,22 @@ def test_runs_on_cuda_with_cpu_or_cuda_lengths():
     loss.backward()
     assert out["M"].device.type == "cuda"
     assert model.audio_encoder.lstm.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_mean_text_pooling_averages_the_masked_tokens(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tiny = transformers.BertConfig(
+        vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=16,
+    )  # fmt: skip
+    transformers.BertModel(tiny).save_pretrained(tmp_path)
+    config = MSAConfig.preset("mosi", text_encoder=str(tmp_path), text_pooling="mean")
+    model = MultiTaskMSA(config).eval()
+    ids = torch.randint(1, 40, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    text = torch.stack([ids, mask, torch.zeros_like(ids)], dim=1)
+    with torch.no_grad():
+        hidden = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        pooled = model._text_feature(text)
+    torch.testing.assert_close(pooled[0], hidden[0, :4].mean(0))
+    torch.testing.assert_close(pooled[1], hidden[1].mean(0))
