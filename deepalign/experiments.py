@@ -198,7 +198,8 @@ def format_table(dataset: str, summaries: Sequence[RunSummary], *, title: str) -
         for _, key, scale in columns:
             mean, std = summary.mean_std(key, scale)
             cells.append(f"{mean:.4g} ± {std:.2g}" if scale == 1 else f"{mean:.2f} ± {std:.2f}")
-        lines.append(_row([f"{summary.name} ({len(summary.seeds)} seeds)", *cells]))
+        seeds = len(summary.seeds)
+        lines.append(_row([f"{summary.name} ({seeds} seed{'' if seeds == 1 else 's'})", *cells]))
     return "\n".join(lines) + "\n"
 
 

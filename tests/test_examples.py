@@ -24,7 +24,7 @@ def test_reproduce_quick_writes_table_json_and_plot(dataset, tmp_path, monkeypat
         run_example(f"reproduce_{dataset}.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
     table = (tmp_path / "table.md").read_text()
     assert "(paper)" in table
-    assert "deepalign V-A (1 seeds)" in table
+    assert "deepalign V-A (1 seed)" in table
     assert table in capsys.readouterr().out
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["dataset"] == dataset
@@ -89,5 +89,5 @@ def test_torchrun_two_processes_quick(tmp_path):
     command += [str(EXAMPLES / "reproduce_mosi.py"), "--quick", "--out", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "deepalign V-A (1 seeds)" in (tmp_path / "table.md").read_text()
+    assert "deepalign V-A (1 seed)" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "deepalign_V-A" / "seed1111" / "checkpoint.pt").exists()
