@@ -256,11 +256,17 @@ def covariance_alignment_loss(
     if group is not None:
         c = named_covariances({"x_a": x_a, "x_b": x_b}, sync_dist=True)
         return covariance_distance(c["x_a"], c["x_b"])
+    return _local_pair_loss({"x_a": x_a, "x_b": x_b})
+
+
+def _local_pair_loss(pair: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """θ of two validated local batches in one autograd node: Gram or fused d×d kernel."""
+    x_a, x_b = pair.values()
     wide = x_a.shape[0] + x_b.shape[0] < x_a.shape[1]
     theta = (GramAlignment if wide else CovarianceAlignment).apply(
         x_a, x_b, compute_dtype(x_a, x_b)
     )
-    _raise_non_finite(torch.isfinite(theta), x_a=x_a, x_b=x_b)
+    _raise_non_finite(torch.isfinite(theta), **pair)
     return theta
 
 
@@ -294,7 +300,8 @@ def pairwise_alignment_losses(
 
     Raises:
         TypeError, ValueError: as :func:`covariance_alignment_loss`, naming the input; also if
-            a name in ``pairs`` is not in ``inputs`` or the widths differ.
+            a name in ``pairs`` is not in ``inputs``, a pair repeats a name, or the widths
+            differ.
 
     Example:
         >>> x = {m: torch.randn(6, 3) for m in ("text", "audio", "vision")}
@@ -304,6 +311,8 @@ def pairwise_alignment_losses(
     """
     group = process_group(sync_dist)
     used = list(dict.fromkeys(name for pair in pairs for name in pair))
+    if any(m == n for m, n in pairs):
+        raise ValueError(f"pairs: expected two different names per pair, got {list(pairs)}")
     missing = [name for name in used if name not in inputs]
     if missing:
         raise ValueError(f"inputs: expected the names of pairs {list(pairs)}, missing {missing}")
@@ -312,6 +321,8 @@ def pairwise_alignment_losses(
     widths = {name: x.shape[1] for name, x in checked.items()}
     if len(set(widths.values())) > 1:
         raise ValueError(f"inputs: expected one width for all paired inputs, got {widths}")
+    if group is None and len(pairs) == 1:  # one term: the fused one-pair kernels
+        return [_local_pair_loss({name: checked[name] for name in pairs[0]})]
     rows = {name: x.shape[0] for name, x in checked.items()}
     if group is None and all(rows[m] + rows[n] < widths[m] for m, n in pairs):
         thetas = _gram_losses(checked, pairs)

@@ -317,6 +317,8 @@ def test_wide_modality_alignment_gradcheck():
 
 def test_pairwise_losses_errors():
     x = batch(13)
+    with pytest.raises(ValueError, match="pairs: expected two different names"):
+        F.pairwise_alignment_losses(x, [("text", "text")])
     with pytest.raises(ValueError, match=r"missing \['speech'\]"):
         F.pairwise_alignment_losses(x, [("text", "speech")])
     x["audio"] = x["audio"][:, :3]
