@@ -388,7 +388,7 @@ def _warn_synthetic(quick: bool) -> None:
         f" or set DEEPALIGN_DATA.\n{banner}"
     )
     print(message, file=sys.stderr)
-    warnings.warn("running on synthetic data", UserWarning, stacklevel=3)
+    warnings.warn("running on synthetic data", UserWarning, stacklevel=4)  # the caller of main
 
 
 def _report(
