@@ -391,9 +391,9 @@ def covariance_alignment_grad(
     dtype = compute_dtype(x_a, x_b)
     d = x_a.shape[1]
     with torch.no_grad(), no_autocast(x_a.device):
-        c = named_covariances({"x_a": x_a, "x_b": x_b}, sync_dist=False)
-        diff = c["x_a"].to(dtype) - c["x_b"].to(dtype)
         xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
+        diff = xc_a.mT @ xc_a / (x_a.shape[0] - 1) - xc_b.mT @ xc_b / (x_b.shape[0] - 1)
+        _raise_non_finite(torch.isfinite(diff).all(), x_a=x_a, x_b=x_b)
         grad_a = xc_a @ diff / (d * d * (x_a.shape[0] - 1))
         grad_b = xc_b @ diff / (-d * d * (x_b.shape[0] - 1))
     return grad_a, grad_b

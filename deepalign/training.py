@@ -281,7 +281,8 @@ class Trainer:
 
     def _train_loader(self, data: MMSADataset, epoch: int, world: int, rank: int) -> DataLoader:
         # A last batch of one sample has no covariance: drop it rather than fail.
-        drop_last = len(data) // world % self.config.batch_size == 1
+        per_rank = -(-len(data) // world)  # DistributedSampler pads every rank to this
+        drop_last = per_rank % self.config.batch_size == 1
         if world > 1:
             sampler = DistributedSampler(data, world, rank, shuffle=True, seed=self.seed)
             sampler.set_epoch(epoch)
