@@ -283,6 +283,13 @@ def parser(dataset: str, description: str) -> argparse.ArgumentParser:
         help="align the encoder features (Eq. 2-3, default) or the post-layer ones (Eq. 7)",
     )
     p.add_argument(
+        "--modality-dropout",
+        type=float,
+        default=None,
+        help="probability of dropping audio and video from the fusion input in training "
+        "(default 0, Self-MM)",
+    )
+    p.add_argument(
         "--baseline",
         action="store_true",
         help="also run without alignment (Self-MM), with the same seeds",
@@ -335,6 +342,7 @@ def build_config(
         overrides["text_encoder"] = str(minilm_path()) if args.bert == "minilm" else args.bert
     optional = {"alignment_weight": args.alignment_weight, "align_private": args.private}
     optional |= {"align_on": args.align_on, "text_pooling": args.text_pooling}
+    optional["fusion_modality_dropout"] = args.modality_dropout
     overrides |= {key: value for key, value in optional.items() if value is not None}
     if args.quick:
         overrides["batch_size"] = 8

@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from deepalign import ModalityAlignment, MSAConfig, MultiTaskMSA
+from deepalign.model import _trim_padding
 
 # MMSA's published Self-MM configuration, transcribed independently of deepalign.model.
 PUBLISHED = {
@@ -136,6 +137,7 @@ def test_preset_overrides_and_errors():
         ("align_private", "clipped", ValueError),
         ("audio_out", 0, ValueError),
         ("post_text_dropout", 1.5, ValueError),
+        ("fusion_modality_dropout", -0.1, ValueError),
         ("lr_other", -1e-3, ValueError),
         ("feature_dims", (768, 5), ValueError),
         ("alignment", 3, TypeError),
@@ -278,6 +280,55 @@ def test_bert_padding_tokens_are_masked(tiny_bert_dir):
         after = model(changed, *inputs[1:])
     torch.testing.assert_close(after["Encoder_t"], before["Encoder_t"])
     assert not torch.equal(before["Encoder_t"][0], before["Encoder_t"][1])
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_trailing_padding_is_trimmed_without_changing_outputs(tiny_bert_dir, pooling):
+    torch.manual_seed(4)
+    config = MSAConfig.preset("mosi", text_encoder=tiny_bert_dir, text_pooling=pooling)
+    model = MultiTaskMSA(config).eval()
+    short = token_inputs(3, 7, [7, 2, 5])
+    padded = torch.cat([short, torch.zeros(3, 3, 20)], dim=2)  # 20 positions nobody attends
+    calls = []
+    model.text_encoder.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    inputs = make_inputs(config, [8, 4, 1], [8, 2, 3], text=short)
+    with torch.no_grad():
+        expected = model(*inputs)["Encoder_t"]
+        got = model(padded, *inputs[1:])["Encoder_t"]
+    torch.testing.assert_close(got, expected)
+    assert calls == [(3, 7), (3, 7)]
+
+
+def test_trim_keeps_one_position_when_nothing_is_attended():
+    tokens = torch.zeros(2, 3, 5, dtype=torch.long)
+    assert _trim_padding(tokens).shape == (2, 3, 1)
+    tokens[1, 1, 3] = 1  # left or inner padding: keep up to the last attended position
+    assert _trim_padding(tokens).shape == (2, 3, 4)
+
+
+def test_fusion_modality_dropout_zeroes_whole_modalities_in_training_only():
+    torch.manual_seed(5)
+    config = features_config(fusion_modality_dropout=0.5)
+    model = MultiTaskMSA(config)
+    seen = []
+    model.fusion_head.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    inputs = make_inputs(config, [8] * 64, [8] * 64)
+    out = model.train()(*inputs)
+    fused, text = seen[-1], inputs[0][:, 0]
+    audio, video = out["Encoder_a"], out["Encoder_v"]
+    a_out, v_out = config.audio_out, config.video_out
+    torch.testing.assert_close(fused[:, : config.feature_dims[0]], text)
+    for block, full in ((fused[:, -a_out - v_out : -v_out], audio), (fused[:, -v_out:], video)):
+        dropped = (block == 0).all(dim=1)
+        assert 0 < dropped.sum() < 64  # independent per sample
+        torch.testing.assert_close(block[~dropped], 2 * full[~dropped])  # scaled by 1/(1-p)
+    with torch.no_grad():
+        evaluated = model.eval()(*inputs)["M"]
+        plain = MultiTaskMSA(features_config())
+        plain.load_state_dict(model.state_dict())
+        torch.testing.assert_close(evaluated, plain.eval()(*inputs)["M"])
 
 
 @pytest.mark.parametrize(
