@@ -103,13 +103,20 @@ def _pair_constants(ctx, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
     return ctx.constants
 
 
+def scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``alpha * (a @ b)`` in one BLAS call (``beta=0``: the uninitialised input is ignored)."""
+    out = a.new_empty(a.shape[0], b.shape[1])
+    return torch.addmm(out, a, b, beta=0, alpha=alpha, out=out)
+
+
 class CovarianceAlignment(torch.autograd.Function):
     r"""The alignment loss of one pair of local batches in one autograd node.
 
     Forward: :math:`D = k_a\tilde M_a^\top\tilde M_a - k_b\tilde M_b^\top\tilde M_b` (two
-    products, subtracted in place) and :math:`\theta = \langle D, D\rangle/4d^2`;
-    backward: :math:`k_a\tilde M_a D/d^2` and :math:`-k_b\tilde M_b D/d^2`, two products and no
-    ``d×d`` temporaries beyond :math:`D` (:math:`D` is symmetric, so no symmetrisation).
+    products, the factors applied inside them, subtracted in place) and
+    :math:`\theta = \langle D, D\rangle/4d^2`; backward: :math:`k_a\tilde M_a D/d^2` and
+    :math:`-k_b\tilde M_b D/d^2`, two products and no ``d×d`` temporaries beyond :math:`D` and
+    its multiple by the incoming gradient (:math:`D` is symmetric, so no symmetrisation).
     """
 
     @staticmethod
@@ -117,10 +124,10 @@ class CovarianceAlignment(torch.autograd.Function):
         k_a, k_b, d, _, _ = _pair_constants(ctx, x_a, x_b)
         with no_autocast(x_a.device):
             xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
-            diff = torch.mm(xc_a.mT, xc_a).mul_(k_a)
-            diff.sub_(torch.mm(xc_b.mT, xc_b).mul_(k_b))  # not addmm: θ(M, M) must be exactly 0
+            diff = scaled_mm(xc_a.mT, xc_a, k_a)
+            diff.sub_(scaled_mm(xc_b.mT, xc_b, k_b))  # not one addmm: θ(M, M) must be exactly 0
             flat = diff.view(-1)
-            theta = torch.dot(flat, flat) / (4 * d * d)
+            theta = torch.dot(flat, flat).div_(4 * d * d)
         ctx.save_for_backward(xc_a, xc_b, diff)
         return theta
 
@@ -130,9 +137,9 @@ class CovarianceAlignment(torch.autograd.Function):
         xc_a, xc_b, diff = ctx.saved_tensors
         k_a, k_b, d, dtype_a, dtype_b = ctx.constants
         with no_autocast(xc_a.device):
-            scale = grad / (d * d)
-            grad_a = torch.mm(xc_a, diff).mul_(scale * k_a)
-            grad_b = torch.mm(xc_b, diff).mul_(scale * -k_b)
+            weighted = diff * grad
+            grad_a = scaled_mm(xc_a, weighted, k_a / (d * d))
+            grad_b = scaled_mm(xc_b, weighted, -k_b / (d * d))
         return grad_a.to(dtype_a), grad_b.to(dtype_b), None
 
 
