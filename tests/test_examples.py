@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import deepalign.experiments as experiments
 
@@ -39,6 +40,15 @@ def test_baseline_runs_the_same_seeds_without_alignment(tmp_path, monkeypatch):
         run_example("reproduce_mosi.py", argv, monkeypatch)
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert [(r["alignment"], r["seeds"]) for r in runs] == [("V-A", [1, 2]), (None, [1, 2])]
+
+
+def test_model_options_reach_the_trained_config(tmp_path, monkeypatch):
+    argv = ["--quick", "--seeds", "3", "--modality-dropout", "0.3", "--align-on", "post"]
+    with pytest.warns(UserWarning, match="synthetic"):
+        run_example("reproduce_mosi.py", [*argv, "--out", str(tmp_path)], monkeypatch)
+    saved = torch.load(tmp_path / "deepalign_V-A" / "seed3" / "checkpoint.pt", weights_only=True)
+    assert saved["config"]["fusion_modality_dropout"] == 0.3
+    assert saved["config"]["align_on"] == "post"
 
 
 def test_ablation_quick_has_every_table_ii_row(tmp_path, monkeypatch):
