@@ -2,7 +2,8 @@
 
 - :class:`Covariance`: centred covariance, optionally over the global batch of a process group,
   with a backward of one ``N×d×d`` product.
-- :class:`CovarianceAlignment`: the alignment loss of one pair, fused, for ``N_a + N_b >= d``.
+- :class:`CovarianceAlignment`: the alignment losses of one or several pairs, fused, each
+  input's statistics once.
 - :class:`GramAlignment`: the alignment loss from ``N×N`` Gram matrices, for ``N_a + N_b < d``.
 """
 
@@ -96,13 +97,6 @@ class Covariance(torch.autograd.Function):
         return grad_x.to(ctx.input_dtype), None, None, None
 
 
-def _pair_constants(ctx, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
-    """``(k_a, k_b, d, dtype_a, dtype_b)`` of a pair of batches, also kept on ``ctx``."""
-    k_a, k_b = 1.0 / (x_a.shape[0] - 1), 1.0 / (x_b.shape[0] - 1)
-    ctx.constants = (k_a, k_b, x_a.shape[1], x_a.dtype, x_b.dtype)
-    return ctx.constants
-
-
 def scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     """``alpha * (a @ b)`` in one BLAS call (``beta=0``: the uninitialised input is ignored)."""
     out = a.new_empty(a.shape[0], b.shape[1])
@@ -110,37 +104,68 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 class CovarianceAlignment(torch.autograd.Function):
-    r"""The alignment loss of one pair of local batches in one autograd node.
+    r"""The alignment losses of several pairs of local batches in one autograd node.
 
-    Forward: :math:`D = k_a\tilde M_a^\top\tilde M_a - k_b\tilde M_b^\top\tilde M_b` (two
-    products, the factors applied inside them, subtracted in place) and
-    :math:`\theta = \langle D, D\rangle/4d^2`; backward: :math:`k_a\tilde M_a D/d^2` and
-    :math:`-k_b\tilde M_b D/d^2`, two products and no ``d×d`` temporaries beyond :math:`D` and
-    its multiple by the incoming gradient (:math:`D` is symmetric, so no symmetrisation).
+    ``apply(pairs, dtype, *xs)`` returns one :math:`\theta_p` per pair ``(i, j)`` of input
+    indices. Forward: :math:`C_i = k_i\tilde M_i^\top\tilde M_i` with
+    :math:`k_i = 1/(N_i - 1)` applied inside the product (one product per input, however many
+    pairs use it), :math:`D_p = C_i - C_j` and :math:`\theta_p = \langle D_p, D_p\rangle/4d^2`.
+    Backward, with :math:`g_p` the incoming gradients: :math:`k_i\tilde M_i W_i/d^2` with
+    :math:`W_i = \sum_p \pm g_p D_p` (``+`` where input ``i`` comes first in pair ``p``): one
+    product per input and no symmetrisation (the :math:`D_p` are symmetric).
     """
 
     @staticmethod
-    def forward(ctx, x_a: torch.Tensor, x_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        k_a, k_b, d, _, _ = _pair_constants(ctx, x_a, x_b)
-        with no_autocast(x_a.device):
-            xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
-            diff = scaled_mm(xc_a.mT, xc_a, k_a)
-            diff.sub_(scaled_mm(xc_b.mT, xc_b, k_b))  # not one addmm: θ(M, M) must be exactly 0
-            flat = diff.view(-1)
-            theta = torch.dot(flat, flat).div_(4 * d * d)
-        ctx.save_for_backward(xc_a, xc_b, diff)
-        return theta
+    def forward(
+        ctx, pairs: tuple[tuple[int, int], ...], dtype: torch.dtype, *xs: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        d = xs[0].shape[1]
+        with no_autocast(xs[0].device):
+            xcs = [centred(x, dtype) for x in xs]
+            covs = [scaled_mm(xc.mT, xc, 1.0 / (xc.shape[0] - 1)) for xc in xcs]
+            diffs = [covs[i] - covs[j] for i, j in pairs]  # θ(M, M) is exactly 0
+            thetas = tuple(torch.dot(D.view(-1), D.view(-1)).div_(4 * d * d) for D in diffs)
+        ctx.save_for_backward(*xcs, *diffs)
+        ctx.pairs, ctx.dtypes = pairs, [x.dtype for x in xs]
+        ctx.set_materialize_grads(False)
+        return thetas
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        xc_a, xc_b, diff = ctx.saved_tensors
-        k_a, k_b, d, dtype_a, dtype_b = ctx.constants
-        with no_autocast(xc_a.device):
-            weighted = diff * grad
-            grad_a = scaled_mm(xc_a, weighted, k_a / (d * d))
-            grad_b = scaled_mm(xc_b, weighted, -k_b / (d * d))
-        return grad_a.to(dtype_a), grad_b.to(dtype_b), None
+    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        xcs, diffs = saved[: len(ctx.dtypes)], saved[len(ctx.dtypes) :]
+        terms: list[list[tuple[float, torch.Tensor]]] = [[] for _ in xcs]
+        with no_autocast(xcs[0].device):
+            for (i, j), diff, grad in zip(ctx.pairs, diffs, grads, strict=True):
+                if grad is not None:
+                    weighted = diff * grad
+                    terms[i].append((1.0, weighted))
+                    terms[j].append((-1.0, weighted))
+            grads_x = [
+                _input_grad(xc, own, dtype) if own else None
+                for xc, own, dtype in zip(xcs, terms, ctx.dtypes, strict=True)
+            ]
+        return (None, None, *grads_x)
+
+
+def _input_grad(
+    xc: torch.Tensor, terms: list[tuple[float, torch.Tensor]], dtype: torch.dtype
+) -> torch.Tensor:
+    """:math:`k\tilde M W/d^2` with :math:`W = \\sum \text{sign}\\cdot\text{term}`; the first
+    sign goes into the product's factor, so one term costs no extra ``d×d`` operation."""
+    (sign, total), *rest = terms
+    for other_sign, term in rest:
+        total = total.add(term, alpha=other_sign * sign)
+    d = xc.shape[1]
+    return scaled_mm(xc, total, sign / ((xc.shape[0] - 1) * d * d)).to(dtype)
+
+
+def _pair_constants(ctx, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
+    """``(k_a, k_b, d, dtype_a, dtype_b)`` of a pair of batches, also kept on ``ctx``."""
+    k_a, k_b = 1.0 / (x_a.shape[0] - 1), 1.0 / (x_b.shape[0] - 1)
+    ctx.constants = (k_a, k_b, x_a.shape[1], x_a.dtype, x_b.dtype)
+    return ctx.constants
 
 
 class GramAlignment(torch.autograd.Function):

@@ -264,9 +264,10 @@ def _local_pair_loss(pair: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """θ of two validated local batches in one autograd node: Gram or fused d×d kernel."""
     x_a, x_b = pair.values()
     wide = x_a.shape[0] + x_b.shape[0] < x_a.shape[1]
-    theta = (GramAlignment if wide else CovarianceAlignment).apply(
-        x_a, x_b, compute_dtype(x_a, x_b)
-    )
+    if wide:
+        theta = GramAlignment.apply(x_a, x_b, compute_dtype(x_a, x_b))
+    else:
+        (theta,) = _fused_losses(((0, 1),), x_a, x_b)
     if not math.isfinite(theta.item()):  # one host synchronisation, no extra kernels
         _raise_non_finite(torch.isfinite(theta), **pair)
     return theta
@@ -323,15 +324,25 @@ def pairwise_alignment_losses(
     widths = {name: x.shape[1] for name, x in checked.items()}
     if len(set(widths.values())) > 1:
         raise ValueError(f"inputs: expected one width for all paired inputs, got {widths}")
-    if group is None and len(pairs) == 1:  # one term: the fused one-pair kernels
+    if group is not None:
+        covariances = named_covariances(checked, sync_dist=True)
+        return [covariance_distance(covariances[m], covariances[n]) for m, n in pairs]
+    if len(pairs) == 1:  # one term: the fused one-pair kernels
         return [_local_pair_loss({name: checked[name] for name in pairs[0]})]
     rows = {name: x.shape[0] for name, x in checked.items()}
-    if group is None and all(rows[m] + rows[n] < widths[m] for m, n in pairs):
+    if all(rows[m] + rows[n] < widths[m] for m, n in pairs):
         thetas = _gram_losses(checked, pairs)
-        _raise_non_finite(torch.isfinite(torch.stack(thetas)), **checked)
-        return thetas
-    covariances = named_covariances(checked, sync_dist=group is not None)
-    return [covariance_distance(covariances[m], covariances[n]) for m, n in pairs]
+    else:
+        index = {name: i for i, name in enumerate(checked)}
+        by_index = tuple((index[m], index[n]) for m, n in pairs)
+        thetas = list(_fused_losses(by_index, *checked.values()))
+    _raise_non_finite(torch.isfinite(torch.stack(thetas)), **checked)
+    return thetas
+
+
+def _fused_losses(pairs: tuple[tuple[int, int], ...], *xs: torch.Tensor) -> tuple[torch.Tensor]:
+    """θ of each pair of ``xs`` (validated, local) in one :class:`CovarianceAlignment` node."""
+    return CovarianceAlignment.apply(pairs, compute_dtype(*xs), *xs)
 
 
 def _gram_losses(

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import deepalign
 from deepalign import CovarianceAlignmentLoss, FixedProjection, ModalityAlignment, parse_spec
+from deepalign import _kernels as K
 from deepalign import functional as F
 
 NAMES = ["text", "audio", "vision"]
@@ -172,20 +173,20 @@ def test_modality_alignment_equals_sum_of_functional_terms(spec, private):
     torch.testing.assert_close(total, 0.7 * sum(expected.values()))
 
 
-def test_each_modality_statistics_computed_once(monkeypatch):
+@pytest.mark.parametrize("rows", [12, 3])  # 3 + 3 < d = 8: the Gram form
+def test_each_modality_statistics_computed_once(monkeypatch, rows):
     calls = []
 
-    class Counting:
-        @staticmethod
-        def apply(x, *args):
-            calls.append(x.shape)
-            return original.apply(x, *args)
+    def counting(x, dtype):
+        calls.append(tuple(x.shape))
+        return original(x, dtype)
 
-    original = F.Covariance
-    monkeypatch.setattr(F, "Covariance", Counting)
-    widths = dict(zip(NAMES, (4, 5, 6), strict=True))
-    ModalityAlignment("T-V/T-A/A-V", widths, proj_dim=3)(batch(4, widths=(4, 5, 6)))
-    assert sorted(calls) == [(12, 3)] * 3
+    original = K.centred
+    monkeypatch.setattr(K, "centred", counting)
+    monkeypatch.setattr(F, "centred", counting)
+    widths = dict(zip(NAMES, (8, 9, 10), strict=True))
+    ModalityAlignment("T-V/T-A/A-V", widths, proj_dim=8)(batch(4, rows, widths=(8, 9, 10)))
+    assert sorted(calls) == [(rows, 8)] * 3
 
 
 def summed_analytic_grads(x: dict, pairs: list) -> dict:
@@ -313,6 +314,34 @@ def test_wide_modality_alignment_gradcheck():
         return module({"text": text, "audio": audio, "vision": vision})
 
     assert torch.autograd.gradcheck(loss, (x["text"], x["audio"], x["vision"]))
+
+
+def test_fused_pairwise_losses_gradcheck_with_unequal_rows_and_unused_terms():
+    g = torch.Generator().manual_seed(14)
+    shapes = {"text": (7, 4), "audio": (9, 4), "vision": (6, 4)}  # N >= d: the fused kernel
+    x = {k: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_() for k, s in
+         shapes.items()}  # fmt: skip
+    pairs = [("text", "vision"), ("audio", "text"), ("audio", "vision")]
+
+    def weighted(text, audio, vision):
+        thetas = F.pairwise_alignment_losses(
+            {"text": text, "audio": audio, "vision": vision}, pairs
+        )
+        return 2.0 * thetas[0] - 0.5 * thetas[1]  # the third term gets no gradient at all
+
+    assert torch.autograd.gradcheck(weighted, tuple(x.values()))
+    thetas = F.pairwise_alignment_losses(x, pairs)
+    for (a, b), theta in zip(pairs, thetas, strict=True):
+        torch.testing.assert_close(theta, F.covariance_alignment_loss(x[a], x[b]))
+
+
+def test_fused_pairwise_losses_of_identical_inputs_are_exactly_zero():
+    x = torch.randn(10, 4) * 1e3 + 1e4
+    thetas = F.pairwise_alignment_losses(
+        {"a": x, "b": x.clone(), "c": x * 2}, [("a", "b"), ("a", "c")]
+    )
+    assert thetas[0].item() == 0.0
+    assert thetas[1].item() > 0
 
 
 def test_pairwise_losses_errors():
