@@ -142,9 +142,10 @@ class CovarianceAlignment(torch.autograd.Function):
                     weighted = diff * grad
                     terms[i].append((1.0, weighted))
                     terms[j].append((-1.0, weighted))
+            wanted = ctx.needs_input_grad[2:]  # no product for an input that needs no gradient
             grads_x = [
-                _input_grad(xc, own, dtype) if own else None
-                for xc, own, dtype in zip(xcs, terms, ctx.dtypes, strict=True)
+                _input_grad(xc, own, dtype) if own and want else None
+                for xc, own, dtype, want in zip(xcs, terms, ctx.dtypes, wanted, strict=True)
             ]
         return (None, None, *grads_x)
 

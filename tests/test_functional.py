@@ -202,6 +202,13 @@ def test_grad_does_not_track_autograd():
     assert not grad_a.requires_grad
 
 
+@pytest.mark.parametrize("n", [12, 3])  # the fused d×d kernel, and the Gram form (3 + 4 < 8)
+def test_gradient_of_one_input_when_the_other_is_fixed(n):
+    x_a, x_b = features(1, n, 8).requires_grad_(), features(2, n + 1, 8)
+    (grad_a,) = torch.autograd.grad(F.covariance_alignment_loss(x_a, x_b), (x_a,))
+    torch.testing.assert_close(grad_a, F.covariance_alignment_grad(x_a, x_b)[0])
+
+
 # ---------------------------------------------------------------- properties
 
 
