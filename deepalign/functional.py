@@ -282,8 +282,11 @@ def pairwise_alignment_losses(
     r""":math:`\theta` of :func:`covariance_alignment_loss` for several pairs of named inputs,
     each input's statistics computed once.
 
-    With covariances (``d×d``), or, when every pair has :math:`N_m + N_n < d` and nothing is
-    synchronised, with Gram matrices: each input's centred rows and
+    With covariances (``d×d``): locally in one autograd node that centres each input once and
+    forms its covariance with one product (backward: one product per input, whatever the number
+    of pairs), over a process group through :func:`named_covariances`. When every pair has
+    :math:`N_m + N_n < d` and nothing is synchronised, with Gram matrices: each input's
+    centred rows and
     :math:`\lVert \tilde M_m\tilde M_m^\top\rVert_F^2` once, one
     :math:`\lVert \tilde M_m\tilde M_n^\top\rVert_F^2` per pair (the identity of
     :func:`covariance_alignment_loss`'s Gram path). One host synchronisation checks all the
