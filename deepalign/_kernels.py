@@ -162,13 +162,6 @@ def _input_grad(
     return scaled_mm(xc, total, sign / ((xc.shape[0] - 1) * d * d)).to(dtype)
 
 
-def _pair_constants(ctx, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
-    """``(k_a, k_b, d, dtype_a, dtype_b)`` of a pair of batches, also kept on ``ctx``."""
-    k_a, k_b = 1.0 / (x_a.shape[0] - 1), 1.0 / (x_b.shape[0] - 1)
-    ctx.constants = (k_a, k_b, x_a.shape[1], x_a.dtype, x_b.dtype)
-    return ctx.constants
-
-
 class GramAlignment(torch.autograd.Function):
     r"""The alignment loss without forming ``d×d`` matrices, for ``N_a + N_b < d``.
 
@@ -181,7 +174,8 @@ class GramAlignment(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_a: torch.Tensor, x_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        k_a, k_b, d, _, _ = _pair_constants(ctx, x_a, x_b)
+        d = x_a.shape[1]
+        k_a, k_b = 1.0 / (x_a.shape[0] - 1), 1.0 / (x_b.shape[0] - 1)
         with no_autocast(x_a.device):
             xc_a, xc_b = centred(x_a, dtype), centred(x_b, dtype)
             gram_a, gram_b, cross = xc_a @ xc_a.mT, xc_b @ xc_b.mT, xc_a @ xc_b.mT
@@ -191,6 +185,7 @@ class GramAlignment(torch.autograd.Function):
                 - 2 * k_a * k_b * cross.square().sum()
             )
         ctx.save_for_backward(xc_a, xc_b, gram_a, gram_b, cross)
+        ctx.constants = (k_a, k_b, d, x_a.dtype, x_b.dtype)
         return squared.clamp_min(0) / (4 * d * d)
 
     @staticmethod

@@ -340,9 +340,13 @@ def build_config(
     }
     if args.bert:
         overrides["text_encoder"] = str(minilm_path()) if args.bert == "minilm" else args.bert
-    optional = {"alignment_weight": args.alignment_weight, "align_private": args.private}
-    optional |= {"align_on": args.align_on, "text_pooling": args.text_pooling}
-    optional["fusion_modality_dropout"] = args.modality_dropout
+    optional = {
+        "alignment_weight": args.alignment_weight,
+        "align_private": args.private,
+        "align_on": args.align_on,
+        "text_pooling": args.text_pooling,
+        "fusion_modality_dropout": args.modality_dropout,
+    }
     overrides |= {key: value for key, value in optional.items() if value is not None}
     if args.quick:
         overrides["batch_size"] = 8

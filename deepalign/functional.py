@@ -268,8 +268,7 @@ def _local_pair_loss(pair: Mapping[str, torch.Tensor]) -> torch.Tensor:
         theta = GramAlignment.apply(x_a, x_b, compute_dtype(x_a, x_b))
     else:
         (theta,) = _fused_losses(((0, 1),), x_a, x_b)
-    if not math.isfinite(theta.item()):  # one host synchronisation, no extra kernels
-        _raise_non_finite(torch.isfinite(theta), **pair)
+    _check_losses([theta], pair)
     return theta
 
 
@@ -339,8 +338,16 @@ def pairwise_alignment_losses(
         index = {name: i for i, name in enumerate(checked)}
         by_index = tuple((index[m], index[n]) for m, n in pairs)
         thetas = list(_fused_losses(by_index, *checked.values()))
-    _raise_non_finite(torch.isfinite(torch.stack(thetas)), **checked)
+    _check_losses(thetas, checked)
     return thetas
+
+
+def _check_losses(thetas: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> None:
+    """Raise if a θ is NaN/Inf: one host synchronisation that brings the θ back as Python
+    floats, so the common case runs no ``isfinite`` kernels."""
+    values = torch.stack(list(thetas))
+    if not all(map(math.isfinite, values.tolist())):
+        _raise_non_finite(torch.isfinite(values), **inputs)
 
 
 def _fused_losses(pairs: tuple[tuple[int, int], ...], *xs: torch.Tensor) -> tuple[torch.Tensor]:

@@ -683,9 +683,9 @@ def _trim_padding(tokens: torch.Tensor) -> torch.Tensor:
     weights are exactly zero), and MOSI's utterances fill about a third of the usual 50
     positions, so this saves most of the encoder's time. One host synchronisation per batch.
     """
-    attended = tokens[:, 1].any(dim=0).nonzero()
-    keep = int(attended.max()) + 1 if len(attended) else 1
-    return tokens[..., :keep]
+    positions = torch.arange(1, tokens.shape[-1] + 1, device=tokens.device)
+    keep = int((tokens[:, 1].any(dim=0) * positions).max())  # 1 + the last attended position
+    return tokens[..., : max(keep, 1)]
 
 
 def _check_sequence(x: object, lengths: object, name: str, batch: int, width: int) -> torch.Tensor:

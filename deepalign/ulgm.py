@@ -443,9 +443,9 @@ class ULGM(nn.Module):
             feature = check_tensor(features[name], argument)
             check_shape(feature, argument, (batch_size, self.dims[name]))
             check_same_device(**{argument: feature, "ULGM buffers": self.initialized})
-            batch[argument] = feature.detach()
-        check_all_finite(batch)
-        return {name: batch[f"features[{name!r}]"] for name in self.names}
+            batch[name] = feature.detach()
+        check_all_finite({f"features[{name!r}]": feature for name, feature in batch.items()})
+        return batch
 
     def _check_initialized(self, indexes: Tensor) -> None:
         missing = indexes[~self.initialized[indexes]]
