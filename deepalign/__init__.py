@@ -2,6 +2,7 @@
 analysis (Lai et al.; Self-MM, Yu et al. 2021), as drop-in PyTorch components."""
 
 from deepalign import data, functional, metrics
+from deepalign._checks import is_validation_enabled, set_validation, validation
 from deepalign.alignment import (
     CovarianceAlignmentLoss,
     FixedProjection,
@@ -23,6 +24,9 @@ __all__ = [
     "__version__",
     "data",
     "functional",
+    "is_validation_enabled",
     "metrics",
     "parse_spec",
+    "set_validation",
+    "validation",
 ]

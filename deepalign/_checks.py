@@ -7,11 +7,88 @@ expected and what was received.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+_validation = {"enabled": True}
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn deepalign's host-side input checks on or off globally (default: on).
+
+    The checks that read values on the host (NaN/Inf scans of features and results, the range
+    of the ULGM's indexes) cost one host synchronisation each; shape, dtype and device checks
+    read metadata only and always run. As with
+    :meth:`torch.distributions.Distribution.set_default_validate_args`, every function and
+    module that validates also takes ``validate=True/False`` to override this default per call,
+    and the value checks are skipped while :func:`torch.compile` traces, inside
+    :mod:`torch.func` transforms and for meta tensors, which have no values to read.
+
+    Args:
+        enabled: the new default.
+
+    Raises:
+        TypeError: if ``enabled`` is not a bool.
+
+    Example:
+        >>> import deepalign
+        >>> deepalign.set_validation(False)
+        >>> deepalign.is_validation_enabled()
+        False
+        >>> deepalign.set_validation(True)
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected True or False, got {enabled!r}")
+    _validation["enabled"] = enabled
+
+
+def is_validation_enabled() -> bool:
+    """The global default of :func:`set_validation`."""
+    return _validation["enabled"]
+
+
+@contextlib.contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """A context in which :func:`set_validation` is ``enabled``; the previous default returns on
+    exit.
+
+    Example:
+        >>> import deepalign
+        >>> with deepalign.validation(False):
+        ...     deepalign.is_validation_enabled()
+        False
+        >>> deepalign.is_validation_enabled()
+        True
+    """
+    previous = is_validation_enabled()
+    set_validation(enabled)
+    try:
+        yield
+    finally:
+        _validation["enabled"] = previous
+
+
+def check_validate(validate: object, name: str = "validate") -> bool | None:
+    """Return ``validate`` if it is ``True``, ``False`` or ``None``."""
+    if validate is not None and not isinstance(validate, bool):
+        raise TypeError(f"{name}: expected True, False or None, got {validate!r}")
+    return validate
+
+
+def reads_values(validate: bool | None, *tensors: torch.Tensor) -> bool:
+    """Whether host-side value checks run: ``validate`` (``None``: the global default), and
+    neither compiling, nor inside a :mod:`torch.func` transform, nor on meta tensors."""
+    if not (is_validation_enabled() if validate is None else validate):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    return not any(t.device.type == "meta" for t in tensors)
 
 
 def check_tensor(x: object, name: str) -> torch.Tensor:
@@ -43,12 +120,18 @@ def check_shape(x: torch.Tensor, name: str, shape: Sequence[int | str | None]) -
             raise ValueError(f"{name}: expected shape {pattern}, got {tuple(x.shape)}")
 
 
-def check_min_rows(x: torch.Tensor, name: str, minimum: int) -> None:
-    """Require at least ``minimum`` rows (dimension 0)."""
+def check_min_rows(x: torch.Tensor, name: str, minimum: int, why: str = "") -> None:
+    """Require at least ``minimum`` rows (dimension 0); ``why`` is appended to the message."""
     if x.shape[0] < minimum:
+        hint = ""
+        if x.shape[0] == 1 and minimum > 1:
+            hint = (
+                "; a batch of one row has no covariance: if it is the last batch of an epoch, "
+                "pass drop_last=True to the DataLoader"
+            )
         raise ValueError(
-            f"{name}: expected at least {minimum} rows (samples), got {x.shape[0]} "
-            f"(shape {tuple(x.shape)})"
+            f"{name}: expected at least {minimum} rows (samples){why}, got {x.shape[0]} "
+            f"(shape {tuple(x.shape)}){hint}"
         )
 
 

@@ -8,6 +8,7 @@ validation are in :mod:`deepalign.functional` (see :func:`~deepalign.functional.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import warnings
 from collections.abc import Collection, Mapping
@@ -17,10 +18,20 @@ import torch
 from torch import nn
 
 from deepalign import functional as F
-from deepalign._checks import check_positive_int, check_same_device, check_shape, check_tensor
+from deepalign._checks import (
+    check_choice,
+    check_positive_int,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    check_validate,
+)
+from deepalign.functional import ESTIMATORS, METHODS
 
 __all__ = [
     "DEFAULT_ALIASES",
+    "ESTIMATORS",
+    "METHODS",
     "AlignmentTerm",
     "CovarianceAlignmentLoss",
     "FixedProjection",
@@ -33,6 +44,7 @@ DEFAULT_ALIASES: Mapping[str, str] = {"T": "text", "A": "audio", "V": "vision"}
 
 PROJECTIONS = ("fixed", "learned")
 PRIVATE_MODES = ("bounded", "negated")
+_SYNTAX = re.compile(r"[\s+\-/]")
 _TERM = re.compile(r"^\s*([^\s+\-/]+)\s*([+-])\s*([^\s+\-/]+)\s*$")
 _TRIVIAL_MINIMUM = (
     "projection='learned': projections trained only by the alignment loss have a trivial "
@@ -97,7 +109,8 @@ def parse_spec(
 
 
 def _resolve(token: str, names: Collection[str], aliases: Mapping[str, str], spec: str) -> str:
-    name = aliases.get(token, token)
+    # A token that is itself a feature name is that feature, whatever the aliases say.
+    name = token if token in names else aliases.get(token, token)
     if name not in names:
         known = sorted(set(names) | {a for a, n in aliases.items() if n in names})
         raise ValueError(f"spec: unknown modality {token!r} in {spec!r}; expected one of {known}")
@@ -124,6 +137,7 @@ class FixedProjection(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, *, seed: int = 0) -> None:
         super().__init__()
+        self.seed = seed
         generator = torch.Generator().manual_seed(seed)
         gaussian = torch.randn(max(in_dim, out_dim), min(in_dim, out_dim), generator=generator)
         q = torch.linalg.qr(gaussian).Q
@@ -131,6 +145,10 @@ class FixedProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        in_dim, out_dim = self.weight.shape
+        return f"in_dim={in_dim}, out_dim={out_dim}, seed={self.seed}"
 
 
 def _projections(
@@ -151,9 +169,39 @@ def _projections(
 
 
 def _check_weight(weight: object) -> float:
-    if not isinstance(weight, int | float) or not math.isfinite(weight):
+    """A finite, non-negative real number: Python or NumPy scalar, or a 0-dim real tensor."""
+    real_tensor = (
+        isinstance(weight, torch.Tensor)
+        and weight.dim() == 0
+        and (weight.is_floating_point() or (weight.dtype != torch.bool and not weight.is_complex()))
+    )
+    if not (real_tensor or (isinstance(weight, numbers.Real) and not isinstance(weight, bool))):
+        raise TypeError(
+            f"weight: expected a real number (int, float, NumPy scalar or 0-dim tensor), "
+            f"got {weight!r}"
+        )
+    value = float(weight)
+    if not math.isfinite(value):
         raise ValueError(f"weight: expected a finite number, got {weight!r}")
-    return float(weight)
+    if value < 0:
+        raise ValueError(
+            f"weight: expected a number >= 0, got {value}: a negative weight maximises the "
+            "distance without bound; to push two modalities apart use a private term of "
+            "ModalityAlignment (e.g. spec 'T+A'), whose penalty is bounded"
+        )
+    return value
+
+
+def _check_names(dims: Mapping[str, int]) -> None:
+    """Feature names must be usable as spec tokens: no '-', '+', '/' or whitespace."""
+    if not isinstance(dims, Mapping):
+        raise TypeError(f"dims: expected a mapping name -> width, got {type(dims).__name__}")
+    for name in dims:
+        if not isinstance(name, str) or not name or _SYNTAX.search(name):
+            raise ValueError(
+                f"dims: expected names without '-', '+', '/' or whitespace (they are the spec's "
+                f"syntax, so the name could not be written in a spec), got {name!r}"
+            )
 
 
 def _project(projections: nn.ModuleDict, name: str, x: object, width: int) -> torch.Tensor:
@@ -166,10 +214,11 @@ def _project(projections: nn.ModuleDict, name: str, x: object, width: int) -> to
 class CovarianceAlignmentLoss(nn.Module):
     r"""``weight`` × the covariance alignment loss :math:`\theta` of [Lai2023]_ (Eq. 14).
 
-    See :func:`deepalign.functional.covariance_alignment_loss` for the definition, gradients,
-    dtypes and errors. When the two inputs have different widths, ``in_dims=(d_a, d_b)`` and
-    ``proj_dim=d`` give the module one projection per input to the common width ``d``, as the
-    paper projects audio and visual features "into a low-dimensional space of dimension d".
+    See :func:`deepalign.functional.covariance_alignment_loss` for the definition, the two
+    estimators, gradients, dtypes and errors. When the two inputs have different widths,
+    ``in_dims=(d_a, d_b)`` and ``proj_dim=d`` give the module one projection per input to the
+    common width ``d``, as the paper projects audio and visual features "into a
+    low-dimensional space of dimension d".
 
     .. warning::
         Projections that only this loss trains (``projection="learned"``) have a trivial
@@ -179,23 +228,34 @@ class CovarianceAlignmentLoss(nn.Module):
         when the task loss trains them as well.
 
     Args:
-        weight: factor applied to :math:`\theta`. Default: 1.0.
+        weight: factor applied to :math:`\theta`, a real number :math:`\ge 0` (Python, NumPy or
+            0-dim tensor). Default: 1.0.
         in_dims: ``(d_a, d_b)``, the input widths, to project them; ``None`` (default) means no
             projection and equal widths.
         proj_dim: the common width ``d``; required with ``in_dims``.
         projection: ``"fixed"`` (default) or ``"learned"`` (bias-free :class:`torch.nn.Linear`).
         seed: seed of the fixed projections. Default: 0.
+        estimator: ``"plugin"`` (default, the paper's) or ``"unbiased"``; see
+            :data:`deepalign.functional.ESTIMATORS`.
+        method: ``"auto"`` (default), ``"dense"`` or ``"gram"``; see
+            :data:`deepalign.functional.METHODS`.
+        paired: row ``i`` of both inputs is one sample (used by the unbiased estimator).
+            Default ``None``: paired when the row counts are equal.
         sync_dist: statistics of the global batch across ranks; see
             :func:`deepalign.functional.covariance`. Default ``None``: sync whenever a process
             group of more than one rank is initialised.
+        validate: host-side NaN/Inf checks; default ``None`` follows
+            :func:`deepalign.set_validation`.
 
     Shape:
         - x_a: :math:`(N_a, d_a)`, x_b: :math:`(N_b, d_b)`
         - output: :math:`()`
 
     Raises:
-        ValueError: for a non-finite ``weight``, ``in_dims`` without ``proj_dim`` (or the
-            reverse), an unknown ``projection``, or inputs whose widths do not match ``in_dims``.
+        TypeError: for a ``weight`` that is not a real number (``True``/``False`` included).
+        ValueError: for a negative or non-finite ``weight``, ``in_dims`` without ``proj_dim``
+            (or the reverse), an unknown ``projection``, ``estimator`` or ``method``, or inputs
+            whose widths do not match ``in_dims``.
 
     Example:
         >>> loss = CovarianceAlignmentLoss(weight=2.0, in_dims=(5, 20), proj_dim=8)
@@ -212,17 +272,28 @@ class CovarianceAlignmentLoss(nn.Module):
         proj_dim: int | None = None,
         projection: str = "fixed",
         seed: int = 0,
+        estimator: str = "plugin",
+        method: str = "auto",
+        paired: bool | None = None,
         sync_dist: bool | None = None,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         self.weight = _check_weight(weight)
+        self.estimator = check_choice(estimator, "estimator", ESTIMATORS)
+        self.method = check_choice(method, "method", METHODS)
+        if paired is not None and not isinstance(paired, bool):
+            raise TypeError(f"paired: expected True, False or None, got {paired!r}")
+        self.paired = paired
         self.sync_dist = sync_dist
+        self.validate = check_validate(validate)
         if (in_dims is None) != (proj_dim is None):
             raise ValueError(
                 f"in_dims, proj_dim: expected both or neither, got in_dims={in_dims!r}, "
                 f"proj_dim={proj_dim!r}"
             )
         self.in_dims = None if in_dims is None else tuple(in_dims)
+        self.proj_dim, self.projection, self.seed = proj_dim, projection, seed
         self.projections = None
         if in_dims is not None:
             if len(self.in_dims) != 2:
@@ -234,10 +305,25 @@ class CovarianceAlignmentLoss(nn.Module):
         if self.projections is not None:
             x_a = _project(self.projections, "x_a", x_a, self.in_dims[0])
             x_b = _project(self.projections, "x_b", x_b, self.in_dims[1])
-        return self.weight * F.covariance_alignment_loss(x_a, x_b, sync_dist=self.sync_dist)
+        theta = F.covariance_alignment_loss(
+            x_a,
+            x_b,
+            estimator=self.estimator,
+            method=self.method,
+            paired=self.paired,
+            sync_dist=self.sync_dist,
+            validate=self.validate,
+        )
+        return self.weight * theta
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, in_dims={self.in_dims}"
+        options = [f"weight={self.weight}", f"estimator={self.estimator!r}"]
+        options += [f"method={self.method!r}", f"paired={self.paired}"]
+        if self.in_dims is not None:
+            options += [f"in_dims={self.in_dims}", f"proj_dim={self.proj_dim}"]
+            options += [f"projection={self.projection!r}", f"seed={self.seed}"]
+        options += [f"sync_dist={self.sync_dist}", f"validate={self.validate}"]
+        return ", ".join(options)
 
 
 class ModalityAlignment(nn.Module):
@@ -251,54 +337,65 @@ class ModalityAlignment(nn.Module):
         + \sum_{(m,n)\in\text{private}} \phi\big(\theta(M_m, M_n)\big)\Big)
 
     with :math:`\theta` the covariance alignment loss
-    (:func:`deepalign.functional.covariance_alignment_loss`) and :math:`\phi` the private
-    penalty. [Lai2023]_ only says a "+" term's parameter "can be adjusted"; its MOSEI rows with
-    "+" collapse (Corr 0.245–0.407), as a negated, unbounded :math:`\theta` would make them.
-    ``private`` chooses :math:`\phi`:
+    (:func:`deepalign.functional.covariance_alignment_loss`, either estimator) and :math:`\phi`
+    the private penalty. [Lai2023]_ only says a "+" term's parameter "can be adjusted"; its
+    MOSEI rows with "+" collapse (Corr 0.245–0.407), as a negated, unbounded :math:`\theta`
+    would make them. ``private`` chooses :math:`\phi`:
 
-    - ``"bounded"`` (default): :math:`\phi(\theta) = -\theta/(1+\theta)`. It equals
-      :math:`-\theta` to first order for the small :math:`\theta` of matched features, lies in
-      :math:`(-1, 0]`, and its gradient :math:`-1/(1+\theta)^2` fades as the modalities separate,
-      so features cannot be blown up to drive the loss to :math:`-\infty`.
+    - ``"bounded"`` (default): :math:`\phi(\theta) = -\theta/(1+|\theta|)`. For the plug-in
+      (:math:`\theta \ge 0`) it equals :math:`-\theta` to first order for matched features,
+      lies in :math:`(-1, 0]`, and its gradient :math:`-1/(1+\theta)^2` fades as the
+      modalities separate, so features cannot be blown up to drive the loss to
+      :math:`-\infty`. The unbiased :math:`\theta` can be negative (the modalities look closer
+      than sampling noise); there :math:`\phi` is a small positive penalty in :math:`[0, 1)`
+      whose gradient still pushes the modalities apart: :math:`\phi` is odd, continuous, bounded
+      and differentiable everywhere (:doc:`/estimators`).
     - ``"negated"``: :math:`\phi(\theta) = -\theta`, unbounded below; reproduces Table II.
 
     Each modality's statistics are computed once per call, however many terms name it
-    (:func:`deepalign.functional.pairwise_alignment_losses`): its covariance, with a backward
-    of one ``N×d×d`` product per modality, or, when every term has :math:`N_m + N_n < d`, its
-    ``N×N`` Gram matrix.
+    (:func:`deepalign.functional.pairwise_alignment_losses`).
 
     Args:
         spec: the terms, e.g. ``"V-A"`` or ``"T-V/T-A/A-V"`` (see :func:`parse_spec`).
-        dims: feature name -> width, for every name the spec may use.
-        aliases: spec token -> feature name. Default: ``{"T": "text", "A": "audio",
-            "V": "vision"}``.
+        dims: feature name -> width, for every name the spec may use. Names must not contain
+            ``-``, ``+``, ``/`` or whitespace.
+        aliases: spec token -> feature name, for tokens that are not themselves names in
+            ``dims``. Default: :data:`DEFAULT_ALIASES`.
         proj_dim: common width to project every aligned modality to; required when their
             widths differ. Default ``None``: no projection.
         projection: ``"fixed"`` (default, orthonormal and not learned) or ``"learned"``; see the
             warning in :class:`CovarianceAlignmentLoss`.
         private: ``"bounded"`` (default) or ``"negated"``, the penalty :math:`\phi` above.
-        weight: the factor :math:`w`. Default: 1.0.
+        weight: the factor :math:`w \ge 0`. Default: 1.0.
         seed: seed of the fixed projections. Default: 0.
+        estimator: ``"plugin"`` (default) or ``"unbiased"``.
+        method: ``"auto"`` (default), ``"dense"`` or ``"gram"``.
+        paired: as in :class:`CovarianceAlignmentLoss`. Default ``None``.
         sync_dist: statistics of the global batch across ranks; see
             :func:`deepalign.functional.covariance`. Default ``None``: sync whenever a process
             group of more than one rank is initialised.
+        validate: host-side NaN/Inf checks; default ``None`` follows
+            :func:`deepalign.set_validation`.
 
     Shape:
         - features: a mapping name -> :math:`(N_\text{name}, d_\text{name})`; keys the spec does
           not use are ignored.
-        - output: :math:`()`; with ``return_terms=True``, also a dict term -> :math:`()`.
+        - output: :math:`()`; with ``return_terms=True``, also a dict term -> :math:`()`: each
+          term's *contribution* (weight and :math:`\phi` applied), so the values add up to the
+          total.
 
     Raises:
-        ValueError: for a malformed spec, unequal widths without ``proj_dim``, an unknown
-            ``private`` or ``projection``, or features that are missing, of the wrong width, or
-            on different devices (and as :func:`deepalign.functional.covariance`).
+        ValueError: for a malformed spec, names with spec syntax, unequal widths without
+            ``proj_dim``, an unknown ``private``, ``projection``, ``estimator`` or ``method``, a
+            negative ``weight``, or features that are missing, of the wrong width, or on
+            different devices (and as :func:`deepalign.functional.covariance`).
 
     Example:
-        >>> align = ModalityAlignment("T-V/T+A", {"text": 4, "audio": 4, "vision": 4})
+        >>> align = ModalityAlignment("T-V/T+A", {"text": 4, "audio": 4, "vision": 4}, weight=2)
         >>> feats = {name: torch.randn(8, 4) for name in ("text", "audio", "vision")}
         >>> total, terms = align(feats, return_terms=True)
-        >>> sorted(terms)
-        ['text+audio', 'text-vision']
+        >>> sorted(terms), torch.allclose(sum(terms.values()), total)
+        (['text+audio', 'text-vision'], True)
     """
 
     def __init__(
@@ -312,18 +409,27 @@ class ModalityAlignment(nn.Module):
         private: str = "bounded",
         weight: float = 1.0,
         seed: int = 0,
+        estimator: str = "plugin",
+        method: str = "auto",
+        paired: bool | None = None,
         sync_dist: bool | None = None,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
-        self.sync_dist = sync_dist
-        if private not in PRIVATE_MODES:
-            raise ValueError(f"private: expected one of {PRIVATE_MODES}, got {private!r}")
+        _check_names(dims)
+        self.private = check_choice(private, "private", PRIVATE_MODES)
+        self.estimator = check_choice(estimator, "estimator", ESTIMATORS)
+        self.method = check_choice(method, "method", METHODS)
+        if paired is not None and not isinstance(paired, bool):
+            raise TypeError(f"paired: expected True, False or None, got {paired!r}")
+        self.paired, self.sync_dist = paired, sync_dist
+        self.validate = check_validate(validate)
         self.spec = spec
         self.terms = parse_spec(spec, list(dims), aliases=aliases)
-        self.private = private
         self.weight = _check_weight(weight)
         used = list(dict.fromkeys(n for t in self.terms for n in (t.first, t.second)))
         self.dims = {name: dims[name] for name in used}
+        self.proj_dim, self.projection, self.seed = proj_dim, projection, seed
         self.projections = None
         if proj_dim is not None:
             self.projections = _projections(self.dims, proj_dim, projection, seed)
@@ -336,18 +442,48 @@ class ModalityAlignment(nn.Module):
     def forward(
         self, features: Mapping[str, torch.Tensor], *, return_terms: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        pairs = [(term.first, term.second) for term in self.terms]
         thetas = F.pairwise_alignment_losses(
-            self._inputs(features), pairs, sync_dist=self.sync_dist
+            self._inputs(features),
+            self._pairs(),
+            estimator=self.estimator,
+            method=self.method,
+            paired=self.paired,
+            sync_dist=self.sync_dist,
+            validate=self.validate,
         )
-        values = {
-            str(term): self._private_penalty(theta) if term.private else theta
+        values = [
+            self.weight * (self._private_penalty(theta) if term.private else theta)
             for term, theta in zip(self.terms, thetas, strict=True)
-        }
-        total = self.weight * torch.stack(list(values.values())).sum()
+        ]
+        total = values[0] if len(values) == 1 else torch.stack(values).sum()
         if return_terms:
-            return total, {name: value.detach() for name, value in values.items()}
+            names = [str(term) for term in self.terms]
+            return total, {n: v.detach() for n, v in zip(names, values, strict=True)}
         return total
+
+    def diagnostics(
+        self, features: Mapping[str, torch.Tensor]
+    ) -> dict[str, F.AlignmentDiagnostics]:
+        """Each term's plug-in and unbiased :math:`\\theta`, the sampling floor and the
+        modalities' scales (:func:`deepalign.functional.pairwise_alignment_diagnostics`), on
+        the (projected) features this module aligns; without gradient.
+
+        Args:
+            features: as in :meth:`forward`.
+
+        Returns:
+            term -> :class:`~deepalign.functional.AlignmentDiagnostics` (unweighted).
+        """
+        with torch.no_grad():
+            inputs = self._inputs(features)
+        diagnostics = F.pairwise_alignment_diagnostics(
+            inputs, self._pairs(), method=self.method, paired=self.paired,
+            sync_dist=self.sync_dist, validate=self.validate,
+        )  # fmt: skip
+        return {str(term): d for term, d in zip(self.terms, diagnostics, strict=True)}
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        return [(term.first, term.second) for term in self.terms]
 
     def _inputs(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The aligned modalities' features, checked and projected to the common width."""
@@ -368,7 +504,14 @@ class ModalityAlignment(nn.Module):
         return {n: _project(self.projections, n, x, self.dims[n]) for n, x in inputs.items()}
 
     def _private_penalty(self, theta: torch.Tensor) -> torch.Tensor:
-        return -theta if self.private == "negated" else -theta / (1 + theta)
+        return -theta if self.private == "negated" else -theta / (1 + theta.abs())
 
     def extra_repr(self) -> str:
-        return f"spec={self.spec!r}, private={self.private!r}, weight={self.weight}"
+        options = [f"spec={self.spec!r}", f"dims={self.dims}", f"private={self.private!r}"]
+        options += [f"weight={self.weight}", f"estimator={self.estimator!r}"]
+        options += [f"method={self.method!r}", f"paired={self.paired}"]
+        if self.proj_dim is not None:
+            options += [f"proj_dim={self.proj_dim}", f"projection={self.projection!r}"]
+            options += [f"seed={self.seed}"]
+        options += [f"sync_dist={self.sync_dist}", f"validate={self.validate}"]
+        return ", ".join(options)

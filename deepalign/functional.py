@@ -1,54 +1,73 @@
-r"""Pure functions: covariance statistics, the covariance alignment loss, its analytic gradient
-and the closed-form optimal alignment. All input validation lives here; the modules in
-:mod:`deepalign.alignment` hold hyperparameters and delegate to these functions.
+r"""Pure functions: covariance statistics, the covariance alignment loss (plug-in and unbiased
+estimators), its analytic gradient, the sampling-floor diagnostic and the closed-form alignment
+map. All input validation lives here; the modules in :mod:`deepalign.alignment` hold
+hyperparameters and delegate to these functions.
 
 Notation follows [Lai2023]_: a batch of features is a matrix :math:`M \in \mathbb{R}^{N\times d}`
 (``N`` rows, ``d`` columns), :math:`\tilde M = M - \mathbf{1}\bar m^\top` its column-centred copy.
 The derivations, and the errata of the paper's printed equations, are on the
-:doc:`/mathematics` page.
+:doc:`/mathematics` page; the estimators on :doc:`/estimators`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 from deepalign._checks import (
+    check_choice,
     check_finite,
     check_min_rows,
     check_same_device,
     check_shape,
     check_tensor,
+    check_validate,
     compute_dtype,
+    reads_values,
 )
 from deepalign._coral import coral_transform
-from deepalign._kernels import (
-    Covariance,
-    CovarianceAlignment,
-    GramAlignment,
-    centred,
-    no_autocast,
-)
+from deepalign._kernels import SelfProduct, centred, no_autocast
 from deepalign.distributed import should_sync
 
 __all__ = [
+    "ESTIMATORS",
+    "METHODS",
+    "AlignmentDiagnostics",
+    "alignment_diagnostics",
     "coral_transform",
     "covariance",
     "covariance_alignment_grad",
     "covariance_alignment_loss",
     "covariance_distance",
     "named_covariances",
+    "pairwise_alignment_diagnostics",
     "pairwise_alignment_losses",
 ]
 
+ESTIMATORS = ("plugin", "unbiased")
+"""The estimators of :math:`\\lVert\\Sigma_a - \\Sigma_b\\rVert_F^2/4d^2`: the paper's plug-in
+:math:`\\theta` and the unbiased U-statistic (see :doc:`/estimators`)."""
 
-def _check_features(x: object, name: str, *, min_rows: int) -> torch.Tensor:
+METHODS = ("auto", "dense", "gram")
+"""How the statistics are formed: ``"dense"`` with ``d×d`` covariances (:math:`O(Nd^2)`),
+``"gram"`` with ``N×N`` Gram matrices (:math:`O(N^2d)`, local batches only), ``"auto"``: Gram
+when every pair has :math:`N_m + N_n < d` and nothing is synchronised, else dense."""
+
+_MIN_ROWS = {"plugin": 2, "unbiased": 4}
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _check_features(x: object, name: str, *, min_rows: int, why: str = "") -> torch.Tensor:
     x = check_tensor(x, name)
     check_shape(x, name, ("N", "d"))
-    check_min_rows(x, name, min_rows)
+    check_min_rows(x, name, min_rows, why)
     return x
 
 
@@ -66,14 +85,109 @@ def _raise_non_finite(finite: torch.Tensor, **inputs: torch.Tensor) -> None:
         )
 
 
+def _check_results(values: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> None:
+    """Raise if a result is NaN/Inf: one host synchronisation that brings scalar results back as
+    Python floats, so the common case runs no ``isfinite`` kernels."""
+    if all(v.dim() == 0 for v in values):
+        if all(map(math.isfinite, torch.stack(list(values)).tolist())):
+            return
+        _raise_non_finite(torch.tensor(False), **inputs)
+    _raise_non_finite(torch.stack([torch.isfinite(v).all() for v in values]), **inputs)
+
+
 def process_group(sync_dist: bool | None) -> dist.ProcessGroup | None:
     """The group to reduce statistics over (see :func:`deepalign.distributed.should_sync`);
     ``None`` means this process's batch alone."""
     return dist.group.WORLD if should_sync(sync_dist) else None
 
 
+def _check_options(estimator: object, method: object, paired: object, validate: object) -> None:
+    check_choice(estimator, "estimator", ESTIMATORS)
+    check_choice(method, "method", METHODS)
+    if paired is not None and not isinstance(paired, bool):
+        raise TypeError(f"paired: expected True, False or None, got {paired!r}")
+    check_validate(validate)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+class _Centred(NamedTuple):
+    """Centred rows of one input and its row count (global under a process group)."""
+
+    rows: torch.Tensor
+    count: int
+
+
+def _reducer(group: dist.ProcessGroup | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Sum over the ranks of ``group``, differentiably (identity without a group)."""
+    if group is None:
+        return lambda t: t
+    return lambda t: dist_nn.all_reduce(t, group=group)
+
+
+def _centre_all(
+    inputs: Mapping[str, torch.Tensor],
+    dtype: torch.dtype,
+    group: dist.ProcessGroup | None,
+    validate: bool | None,
+) -> dict[str, _Centred]:
+    """Centre every input on its own mean: the local one, or over a group the global one.
+
+    Over a group, one all-reduce carries every input's column sums and row count, and (when
+    validation reads values) one NaN/Inf flag per rank, so that a bad input on one rank raises
+    the same error on every rank instead of leaving the others blocked in a collective.
+    """
+    if group is None:
+        return {n: _Centred(centred(x, dtype), x.shape[0]) for n, x in inputs.items()}
+    xs = {n: x.to(dtype) for n, x in inputs.items()}
+    check = reads_values(validate, *xs.values())
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    parts = [x.sum(dim=0) for x in xs.values()]
+    parts.append(torch.tensor([float(x.shape[0]) for x in xs.values()], dtype=dtype))
+    if check:
+        bad = torch.zeros(world, dtype=dtype)
+        bad[rank] = float(not all(bool(torch.isfinite(x).all()) for x in xs.values()))
+        parts.append(bad)
+    device = next(iter(xs.values())).device
+    total = dist_nn.all_reduce(torch.cat([p.to(device) for p in parts]), group=group)
+    counts_at = sum(x.shape[1] for x in xs.values())
+    counts = [int(c) for c in total[counts_at : counts_at + len(xs)].tolist()]
+    if check:
+        bad_ranks = [r for r, flag in enumerate(total[counts_at + len(xs) :].tolist()) if flag]
+        if bad_ranks:
+            for name, x in inputs.items():
+                check_finite(x, f"{name} (rank {rank})")
+            raise ValueError(
+                f"{', '.join(inputs)}: rank(s) {bad_ranks} hold NaN/Inf features; every rank "
+                "stops with this error"
+            )
+    centred_inputs, start = {}, 0
+    for (name, x), count in zip(xs.items(), counts, strict=True):
+        mean = total[start : start + x.shape[1]] / max(count, 1)
+        centred_inputs[name] = _Centred(x - mean, count)
+        start += x.shape[1]
+    return centred_inputs
+
+
+def _covariances(
+    rows: Mapping[str, _Centred], group: dist.ProcessGroup | None, correction: int = 1
+) -> dict[str, torch.Tensor]:
+    """``(d, d)`` covariance of each centred input: one product forward and one backward."""
+    reduce = _reducer(group)
+    if group is None:
+        return {n: SelfProduct.apply(c.rows, 1.0 / (c.count - correction)) for n, c in rows.items()}
+    return {
+        n: reduce(SelfProduct.apply(c.rows, 1.0)) / (c.count - correction) for n, c in rows.items()
+    }
+
+
 def covariance(
-    x: torch.Tensor, *, correction: int = 1, sync_dist: bool | None = None
+    x: torch.Tensor,
+    *,
+    correction: int = 1,
+    sync_dist: bool | None = None,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Sample covariance of the columns of ``x`` (paper Eq. 12–13), computed stably.
 
@@ -85,7 +199,8 @@ def covariance(
     This equals the paper's one-pass form
     :math:`\frac{1}{N-1}\big(M^\top M - \frac{1}{N}(\mathbf{1}^\top M)^\top(\mathbf{1}^\top M)\big)`
     but avoids its catastrophic cancellation when :math:`|\bar m| \gg \sigma` (and its fp16
-    overflow of :math:`M^\top M`). Its backward costs one ``N×d×d`` matrix product.
+    overflow of :math:`M^\top M`). Its backward costs one ``N×d×d`` matrix product and is
+    itself differentiable (exact higher derivatives).
 
     Args:
         x: features, one sample per row.
@@ -94,6 +209,8 @@ def covariance(
         sync_dist: compute the covariance of the global batch of all ranks of the default
             process group (every rank must call it; see :doc:`/distributed`). Default ``None``:
             sync whenever a process group of more than one rank is initialised.
+        validate: check the result for NaN/Inf (one host synchronisation). Default ``None``:
+            the global default of :func:`deepalign.set_validation`.
 
     Returns:
         The ``(d, d)`` covariance. Its dtype is ``x.dtype`` for float32/float64 inputs and
@@ -114,11 +231,17 @@ def covariance(
         tensor([[ 4.,  8.],
                 [ 8., 16.]])
     """
-    return named_covariances({"x": x}, correction=correction, sync_dist=sync_dist)["x"]
+    return named_covariances(
+        {"x": x}, correction=correction, sync_dist=sync_dist, validate=validate
+    )["x"]
 
 
 def named_covariances(
-    inputs: Mapping[str, torch.Tensor], *, correction: int = 1, sync_dist: bool | None = None
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    correction: int = 1,
+    sync_dist: bool | None = None,
+    validate: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """:func:`covariance` of several named inputs (e.g. modalities), errors naming each.
 
@@ -129,6 +252,7 @@ def named_covariances(
         inputs: name -> features of shape ``(N_name, d_name)``.
         correction: as in :func:`covariance`.
         sync_dist: as in :func:`covariance`.
+        validate: as in :func:`covariance`.
 
     Returns:
         name -> the ``(d_name, d_name)`` covariance.
@@ -143,15 +267,22 @@ def named_covariances(
     """
     if not isinstance(correction, int) or isinstance(correction, bool) or correction < 0:
         raise TypeError(f"correction: expected a non-negative int, got {correction!r}")
+    check_validate(validate)
     group = process_group(sync_dist)
     min_rows = 0 if group is not None else correction + 1
     checked = {name: _check_features(x, name, min_rows=min_rows) for name, x in inputs.items()}
-    covariances = {
-        name: Covariance.apply(x, correction, compute_dtype(x), group)
-        for name, x in checked.items()
-    }
-    finite = torch.stack([torch.isfinite(c).all() for c in covariances.values()])
-    _raise_non_finite(finite, **checked)
+    covariances = {}
+    for name, x in checked.items():  # widths may differ: centre each input on its own
+        with no_autocast(x.device):
+            rows = _centre_all({name: x}, compute_dtype(x), group, validate)
+            if rows[name].count <= correction:
+                raise ValueError(
+                    f"{name}: expected at least {correction + 1} rows in the global batch, "
+                    f"got {rows[name].count}"
+                )
+            covariances[name] = _covariances(rows, group, correction)[name]
+    if reads_values(validate, *checked.values()):
+        _check_results(list(covariances.values()), checked)
     return covariances
 
 
@@ -162,8 +293,8 @@ def covariance_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
 
         \theta = \frac{1}{4d^2}\,\lVert C_a - C_b \rVert_F^2 .
 
-    Use it with :func:`covariance` when one modality takes part in several terms, so that each
-    modality's statistics are computed once (as :class:`~deepalign.ModalityAlignment` does).
+    Use it with :func:`covariance` when one modality takes part in several terms (the losses of
+    :func:`pairwise_alignment_losses` compute each modality's statistics once already).
 
     Args:
         c_a: covariance of the first modality.
@@ -194,23 +325,259 @@ def covariance_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
         return (c_a.to(dtype) - c_b.to(dtype)).square().sum() / (4 * d * d)
 
 
-def _check_pair(
-    x_a: object, x_b: object, *, min_rows: int = 2
-) -> tuple[torch.Tensor, torch.Tensor]:
-    x_a = _check_features(x_a, "x_a", min_rows=min_rows)
-    x_b = _check_features(x_b, "x_b", min_rows=min_rows)
-    check_same_device(x_a=x_a, x_b=x_b)
-    if x_a.shape[1] != x_b.shape[1]:
-        raise ValueError(
-            f"x_b: expected the width of x_a ({x_a.shape[1]} columns), got {x_b.shape[1]}; "
-            "project the features to a common width first (CovarianceAlignmentLoss(in_dims=..., "
-            "proj_dim=...))"
+# ---------------------------------------------------------------- the estimators
+
+
+class _PairMoments(NamedTuple):
+    r"""What the estimators need of one pair ``(a, b)`` (``None``: not computed).
+
+    ``diff_sq`` :math:`\lVert C_a - C_b\rVert^2`; ``sq_a``, ``sq_b`` :math:`\lVert C\rVert^2`;
+    ``tr_a``, ``tr_b`` :math:`\operatorname{tr} C`; ``q_a``, ``q_b``
+    :math:`\sum_i\lVert\tilde m_i\rVert^4`; for paired rows also ``inner``
+    :math:`\langle C_a, C_b\rangle`, ``cross_sq`` :math:`\operatorname{tr}(C_{ab}^2)`,
+    ``cross_tr`` :math:`\operatorname{tr} C_{ab}` and ``q_ab``
+    :math:`\sum_i(\tilde a_i^\top\tilde b_i)^2`, with :math:`C_{ab}` the cross-covariance.
+    """
+
+    n_a: int
+    n_b: int
+    diff_sq: torch.Tensor
+    sq_a: torch.Tensor | None = None
+    sq_b: torch.Tensor | None = None
+    tr_a: torch.Tensor | None = None
+    tr_b: torch.Tensor | None = None
+    q_a: torch.Tensor | None = None
+    q_b: torch.Tensor | None = None
+    inner: torch.Tensor | None = None
+    cross_sq: torch.Tensor | None = None
+    cross_tr: torch.Tensor | None = None
+    q_ab: torch.Tensor | None = None
+
+
+def _floor(n: int, sq: torch.Tensor, tr: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    r"""Unbiased estimate of :math:`E\lVert C - \Sigma\rVert_F^2` from one batch of ``n`` rows:
+    :math:`\lVert C\rVert^2` minus the U-statistic of :math:`\operatorname{tr}\Sigma^2`."""
+    return (n * q - (n - 1) * tr * tr - (n + 1) * (n - 2) * sq) / (n * (n - 2) * (n - 3))
+
+
+def _unbiased(m: _PairMoments, paired: bool) -> torch.Tensor:
+    r"""The unbiased estimate of :math:`\lVert\Sigma_a - \Sigma_b\rVert_F^2` (derived in
+    :doc:`/estimators`)."""
+    if not paired:
+        return (
+            m.diff_sq - _floor(m.n_a, m.sq_a, m.tr_a, m.q_a) - _floor(m.n_b, m.sq_b, m.tr_b, m.q_b)
         )
-    return x_a, x_b
+    n = m.n_a
+    spread = 2 * m.inner - 2 * m.cross_sq + m.tr_a**2 + m.tr_b**2 - 2 * m.cross_tr**2
+    fourth = m.q_a + m.q_b - 2 * m.q_ab
+    return ((n - 1) ** 2 * (n - 2) * m.diff_sq + (n - 1) * spread - n * fourth) / (
+        n * (n - 2) * (n - 3)
+    )
+
+
+def _dense_moments(
+    rows: Mapping[str, _Centred],
+    pairs: Sequence[tuple[str, str]],
+    paired: Sequence[bool],
+    estimators: Sequence[str],
+    group: dist.ProcessGroup | None,
+) -> list[_PairMoments]:
+    """Moments from ``d×d`` covariances (local or over a process group)."""
+    reduce = _reducer(group)
+    cov = _covariances(rows, group)
+    unbiased = "unbiased" in estimators
+    used = {name for pair in pairs for name in pair}
+    sq = tr = q = {}
+    if unbiased:
+        sq = {n: cov[n].square().sum() for n in used}
+        tr = {n: cov[n].diagonal().sum() for n in used}
+        norms = {n: rows[n].rows.square().sum(dim=1) for n in used}
+        q = {n: reduce(norms[n].square().sum()) for n in used}
+    moments = []
+    for (a, b), is_paired in zip(pairs, paired, strict=True):
+        diff = cov[a] - cov[b]
+        m = _PairMoments(rows[a].count, rows[b].count, diff.square().sum())
+        if unbiased:
+            m = m._replace(sq_a=sq[a], sq_b=sq[b], tr_a=tr[a], tr_b=tr[b], q_a=q[a], q_b=q[b])
+        if unbiased and is_paired:
+            xa, xb, k = rows[a].rows, rows[b].rows, 1.0 / (rows[a].count - 1)
+            cross = reduce(xa.mT @ xb) * k
+            dots = (xa * xb).sum(dim=1)
+            m = m._replace(
+                inner=(cov[a] * cov[b]).sum(),
+                cross_sq=(cross * cross.mT).sum(),
+                cross_tr=cross.diagonal().sum(),
+                q_ab=reduce(dots.square().sum()),
+            )
+        moments.append(m)
+    return moments
+
+
+def _gram_moments(
+    rows: Mapping[str, _Centred],
+    pairs: Sequence[tuple[str, str]],
+    paired: Sequence[bool],
+    estimators: Sequence[str],
+) -> list[_PairMoments]:
+    r"""Moments from ``N×N`` Gram matrices of local batches: :math:`\lVert C_m\rVert^2 =
+    k_m^2\lVert\tilde M_m\tilde M_m^\top\rVert^2`, :math:`\langle C_m, C_n\rangle =
+    k_mk_n\lVert\tilde M_m\tilde M_n^\top\rVert^2`, no ``d×d`` matrix."""
+    used = list(dict.fromkeys(name for pair in pairs for name in pair))
+    x = {n: rows[n].rows for n in used}
+    k = {n: 1.0 / (rows[n].count - 1) for n in used}
+    gram = {n: x[n] @ x[n].mT for n in used}
+    sq = {n: gram[n].square().sum() * k[n] ** 2 for n in used}
+    unbiased = "unbiased" in estimators
+    moments = []
+    for (a, b), is_paired in zip(pairs, paired, strict=True):
+        cross = x[a] @ x[b].mT
+        inner = cross.square().sum() * (k[a] * k[b])
+        diff_sq = sq[a] + sq[b] - 2 * inner
+        if estimators == ("plugin",):
+            diff_sq = diff_sq.clamp_min(0)  # rounding must not make the plug-in negative
+        m = _PairMoments(rows[a].count, rows[b].count, diff_sq, sq[a], sq[b])
+        if unbiased:
+            diag = {n: gram[n].diagonal() for n in (a, b)}
+            m = m._replace(
+                tr_a=diag[a].sum() * k[a],
+                tr_b=diag[b].sum() * k[b],
+                q_a=diag[a].square().sum(),
+                q_b=diag[b].square().sum(),
+            )
+        if unbiased and is_paired:
+            m = m._replace(
+                inner=inner,
+                cross_sq=(cross * cross.mT).sum() * k[a] ** 2,
+                cross_tr=cross.diagonal().sum() * k[a],
+                q_ab=cross.diagonal().square().sum(),
+            )
+        moments.append(m)
+    return moments
+
+
+def _resolve_paired(
+    paired: bool | None, pairs: Sequence[tuple[str, str]], rows: Mapping[str, int]
+) -> list[bool]:
+    if paired is None:
+        return [rows[a] == rows[b] for a, b in pairs]
+    if paired:
+        for a, b in pairs:
+            if rows[a] != rows[b]:
+                raise ValueError(
+                    f"paired: True needs one row per sample in both inputs, got {rows[a]} rows "
+                    f"of {a!r} and {rows[b]} of {b!r}"
+                )
+    return [paired] * len(pairs)
+
+
+def _pair_estimates(
+    inputs: Mapping[str, torch.Tensor],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    estimators: tuple[str, ...],
+    method: str,
+    paired: bool | None,
+    sync_dist: bool | None,
+    validate: bool | None,
+) -> tuple[dict[str, list[torch.Tensor]], list[_PairMoments], list[bool]]:
+    """The one dispatcher: validate, choose the path, return estimator -> one value per pair
+    (the ``/4d²`` scale applied), the moments and whether each pair was treated as paired."""
+    group = process_group(sync_dist)
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError(f"pairs: expected (first, second) name pairs, got {list(pairs)}")
+    if any(m == n for m, n in pairs):
+        raise ValueError(f"pairs: expected two different names per pair, got {list(pairs)}")
+    used = list(dict.fromkeys(name for pair in pairs for name in pair))
+    missing = [name for name in used if name not in inputs]
+    if missing:
+        raise ValueError(f"inputs: expected the names of pairs {list(pairs)}, missing {missing}")
+    need = max(_MIN_ROWS[e] for e in estimators)
+    why = " for the unbiased estimator" if need > 2 else ""
+    checked = {
+        n: _check_features(inputs[n], n, min_rows=0 if group else need, why=why) for n in used
+    }
+    check_same_device(**checked)
+    widths = {name: x.shape[1] for name, x in checked.items()}
+    if len(set(widths.values())) > 1:
+        raise ValueError(f"inputs: expected one width for all paired inputs, got {widths}")
+    d = next(iter(widths.values()))
+    local_rows = {name: x.shape[0] for name, x in checked.items()}
+    if method == "gram" and group is not None:
+        raise ValueError(
+            "method: 'gram' needs every row on one process; with sync_dist use 'dense' or 'auto'"
+        )
+    gram = method == "gram" or (
+        method == "auto"
+        and group is None
+        and all(local_rows[m] + local_rows[n] < d for m, n in pairs)
+    )
+    first = next(iter(checked.values()))
+    with no_autocast(first.device):
+        rows = _centre_all(checked, compute_dtype(*checked.values()), group, validate)
+        counts = {name: c.count for name, c in rows.items()}
+        if group is not None:
+            short = {n: c for n, c in counts.items() if c < need}
+            if short:
+                raise ValueError(
+                    f"inputs: expected at least {need} rows{why} in the global batch, got {short}"
+                )
+        # Pairing is a property of each rank's rows (row i of both inputs is one sample).
+        pairing = _resolve_paired(paired, pairs, local_rows if group is None else counts)
+        if group is not None and any(pairing):
+            _check_paired_everywhere(pairs, pairing, local_rows, group)
+        if gram:
+            moments = _gram_moments(rows, pairs, pairing, estimators)
+        else:
+            moments = _dense_moments(rows, pairs, pairing, estimators, group)
+        scale = 1.0 / (4 * d * d)
+        values = {
+            "plugin": [m.diff_sq * scale for m in moments],
+            "unbiased": [
+                _unbiased(m, p) * scale if "unbiased" in estimators else None
+                for m, p in zip(moments, pairing, strict=True)
+            ],
+        }
+    out = {e: values[e] for e in estimators}
+    if reads_values(validate, *checked.values()):
+        _check_results([v for e in estimators for v in out[e]], checked)
+    return out, moments, pairing
+
+
+def _check_paired_everywhere(
+    pairs: Sequence[tuple[str, str]],
+    pairing: Sequence[bool],
+    local_rows: Mapping[str, int],
+    group: dist.ProcessGroup,
+) -> None:
+    """Paired rows must be paired on every rank: one all-reduce of the mismatches, so that every
+    rank raises the same error."""
+    mismatch = torch.tensor(
+        [
+            float(p and local_rows[a] != local_rows[b])
+            for (a, b), p in zip(pairs, pairing, strict=True)
+        ]
+    )
+    dist.all_reduce(mismatch, group=group)
+    bad = [f"{a}/{b}" for (a, b), m in zip(pairs, mismatch.tolist(), strict=True) if m]
+    if bad:
+        raise ValueError(
+            f"paired: the pairs {bad} have equal global row counts but unequal rows on some "
+            "rank; pass paired=False for independent batches"
+        )
+
+
+# ---------------------------------------------------------------- the public losses
 
 
 def covariance_alignment_loss(
-    x_a: torch.Tensor, x_b: torch.Tensor, *, sync_dist: bool | None = None
+    x_a: torch.Tensor,
+    x_b: torch.Tensor,
+    *,
+    estimator: str = "plugin",
+    method: str = "auto",
+    paired: bool | None = None,
+    sync_dist: bool | None = None,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Covariance (CORAL) alignment loss between two batches of features (paper Eq. 12–14).
 
@@ -219,33 +586,50 @@ def covariance_alignment_loss(
         \theta(M_a, M_b) = \frac{1}{4d^2}\,\lVert C_a - C_b \rVert_F^2,
         \qquad C = \tfrac{1}{N-1}\tilde M^\top \tilde M .
 
-    The batches may have different numbers of rows. The gradient is the corrected form of the
-    paper's Eq. 15–16 (see :func:`covariance_alignment_grad` and :doc:`/mathematics`); backward
-    costs one ``N×d×d`` product per input. When :math:`N_a + N_b < d` (wide features, small
-    batches) the loss is computed from ``N×N`` Gram matrices instead, in
-    :math:`O((N_a+N_b)^2 d)` time and without ``d×d`` memory; same value and gradient, up to
-    rounding (the Gram form subtracts squared norms, so in float32 it loses accuracy when
-    :math:`\theta` is tiny against :math:`\lVert C\rVert_F^2`).
+    ``estimator="plugin"`` (the default) is the paper's :math:`\theta`. Its expectation is the
+    distance of the two populations' covariances plus a floor of sampling noise that dominates
+    at small batches and whose gradient shrinks the features; ``estimator="unbiased"`` is the
+    U-statistic whose expectation is exactly :math:`\lVert\Sigma_a - \Sigma_b\rVert_F^2/4d^2`
+    (it can be negative, and is never clamped). :doc:`/estimators` derives both and measures
+    when each is the better choice.
+
+    The gradient of the plug-in is the corrected form of the paper's Eq. 15–16 (see
+    :func:`covariance_alignment_grad` and :doc:`/mathematics`); every path is exactly twice
+    differentiable.
 
     Args:
         x_a: features of the first modality.
         x_b: features of the second modality, same width.
+        estimator: ``"plugin"`` or ``"unbiased"`` (:data:`ESTIMATORS`). Default: ``"plugin"``.
+        method: ``"auto"``, ``"dense"`` or ``"gram"`` (:data:`METHODS`): ``d×d`` covariances
+            in :math:`O(Nd^2)`, or ``N×N`` Gram matrices in :math:`O(N^2d)` without ``d×d``
+            memory, whose float32 value loses relative accuracy when :math:`\theta` is tiny
+            against :math:`\lVert C\rVert_F^2` (it subtracts squared norms). Default ``"auto"``:
+            Gram when :math:`N_a + N_b < d` and nothing is synchronised.
+        paired: whether row ``i`` of both inputs comes from one sample (two modalities of a
+            batch), which the unbiased estimator must know; ``False`` declares independent
+            batches (e.g. two domains) and lowers its variance. Default ``None``: paired when
+            the row counts are equal. The plug-in ignores it.
         sync_dist: use the statistics of the global batch of all ranks (see :func:`covariance`;
             communication is :math:`O(d^2)`; the Gram path is then not used). Default ``None``:
             sync whenever a process group of more than one rank is initialised.
+        validate: check the inputs and the result for NaN/Inf (one host synchronisation).
+            Default ``None``: the global default of :func:`deepalign.set_validation`.
 
     Returns:
-        A 0-dim tensor :math:`\theta \ge 0` on the inputs' device, in their promoted dtype
-        (float32 when both are float16/bfloat16; also under :class:`torch.autocast`).
+        A 0-dim tensor on the inputs' device, in their promoted dtype (float32 when both are
+        float16/bfloat16; also under :class:`torch.autocast`): :math:`\theta \ge 0` for the
+        plug-in, any real number for the unbiased estimator.
 
     Shape:
         - x_a: :math:`(N_a, d)`, x_b: :math:`(N_b, d)`
         - output: :math:`()`
 
     Raises:
-        TypeError: if an input is not a floating-point tensor.
-        ValueError: if an input is not 2-D, has fewer than 2 rows or holds NaN/Inf; if the
-            widths differ; if the inputs lie on different devices.
+        TypeError: if an input is not a floating-point tensor, or an option has the wrong type.
+        ValueError: if an input is not 2-D, has fewer than 2 rows (4 for the unbiased
+            estimator) or holds NaN/Inf; if the widths differ; if the inputs lie on different
+            devices; for an unknown ``estimator`` or ``method``.
 
     Example:
         >>> x_a = torch.tensor([[0.0, 0.0], [2.0, 0.0]])  # C_a = [[2, 0], [0, 0]]
@@ -253,49 +637,55 @@ def covariance_alignment_loss(
         >>> covariance_alignment_loss(x_a, x_b)  # (4 + 4) / (4 * 2**2)
         tensor(0.5000)
     """
-    group = process_group(sync_dist)
-    x_a, x_b = _check_pair(x_a, x_b, min_rows=2 if group is None else 0)
-    if group is not None:
-        c = named_covariances({"x_a": x_a, "x_b": x_b}, sync_dist=True)
-        return covariance_distance(c["x_a"], c["x_b"])
-    return _local_pair_loss({"x_a": x_a, "x_b": x_b})
-
-
-def _local_pair_loss(pair: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """θ of two validated local batches in one autograd node: Gram or fused d×d kernel."""
-    x_a, x_b = pair.values()
-    wide = x_a.shape[0] + x_b.shape[0] < x_a.shape[1]
-    if wide:
-        theta = GramAlignment.apply(x_a, x_b, compute_dtype(x_a, x_b))
-    else:
-        (theta,) = _fused_losses(((0, 1),), x_a, x_b)
-    _check_losses([theta], pair)
-    return theta
+    _check_options(estimator, method, paired, validate)
+    x_a, x_b = check_tensor(x_a, "x_a"), check_tensor(x_b, "x_b")
+    check_shape(x_a, "x_a", ("N", "d"))
+    check_shape(x_b, "x_b", ("N", "d"))
+    check_same_device(x_a=x_a, x_b=x_b)
+    if x_a.shape[1] != x_b.shape[1]:
+        raise ValueError(
+            f"x_b: expected the width of x_a ({x_a.shape[1]} columns), got {x_b.shape[1]}; "
+            "project the features to a common width first (CovarianceAlignmentLoss(in_dims=..., "
+            "proj_dim=...))"
+        )
+    values, _, _ = _pair_estimates(
+        {"x_a": x_a, "x_b": x_b},
+        [("x_a", "x_b")],
+        estimators=(estimator,),
+        method=method,
+        paired=paired,
+        sync_dist=sync_dist,
+        validate=validate,
+    )
+    return values[estimator][0]
 
 
 def pairwise_alignment_losses(
     inputs: Mapping[str, torch.Tensor],
     pairs: Sequence[tuple[str, str]],
     *,
+    estimator: str = "plugin",
+    method: str = "auto",
+    paired: bool | None = None,
     sync_dist: bool | None = None,
+    validate: bool | None = None,
 ) -> list[torch.Tensor]:
-    r""":math:`\theta` of :func:`covariance_alignment_loss` for several pairs of named inputs,
-    each input's statistics computed once.
+    r"""The loss of :func:`covariance_alignment_loss` for several pairs of named inputs, each
+    input's statistics computed once.
 
-    With covariances (``d×d``): locally in one autograd node that centres each input once and
-    forms its covariance with one product (backward: one product per input, whatever the number
-    of pairs), over a process group through :func:`named_covariances`. When every pair has
-    :math:`N_m + N_n < d` and nothing is synchronised, with Gram matrices: each input's
-    centred rows and
-    :math:`\lVert \tilde M_m\tilde M_m^\top\rVert_F^2` once, one
-    :math:`\lVert \tilde M_m\tilde M_n^\top\rVert_F^2` per pair (the identity of
-    :func:`covariance_alignment_loss`'s Gram path). One host synchronisation checks all the
-    results for NaN/Inf.
+    Each input is centred once and, on the dense path, its covariance formed with one product
+    (backward: one product per input); on the Gram path its ``N×N`` Gram matrix once and one
+    cross product per pair. One host synchronisation checks all the results for NaN/Inf.
 
     Args:
         inputs: name -> features; the names in ``pairs`` must share one width ``d``.
         pairs: the ``(first, second)`` names of each term.
+        estimator: as in :func:`covariance_alignment_loss`.
+        method: as in :func:`covariance_alignment_loss` (``"auto"``: Gram when every pair has
+            :math:`N_m + N_n < d`).
+        paired: as in :func:`covariance_alignment_loss`, for every pair.
         sync_dist: as in :func:`covariance`.
+        validate: as in :func:`covariance_alignment_loss`.
 
     Returns:
         One 0-dim tensor per pair, in order.
@@ -315,62 +705,141 @@ def pairwise_alignment_losses(
         >>> torch.allclose(thetas[1], covariance_alignment_loss(x["audio"], x["vision"]))
         True
     """
-    group = process_group(sync_dist)
-    used = list(dict.fromkeys(name for pair in pairs for name in pair))
-    if any(m == n for m, n in pairs):
-        raise ValueError(f"pairs: expected two different names per pair, got {list(pairs)}")
-    missing = [name for name in used if name not in inputs]
-    if missing:
-        raise ValueError(f"inputs: expected the names of pairs {list(pairs)}, missing {missing}")
-    checked = {n: _check_features(inputs[n], n, min_rows=0 if group else 2) for n in used}
-    check_same_device(**checked)
-    widths = {name: x.shape[1] for name, x in checked.items()}
-    if len(set(widths.values())) > 1:
-        raise ValueError(f"inputs: expected one width for all paired inputs, got {widths}")
-    if group is not None:
-        covariances = named_covariances(checked, sync_dist=True)
-        return [covariance_distance(covariances[m], covariances[n]) for m, n in pairs]
-    if len(pairs) == 1:  # one term: the fused one-pair kernels
-        return [_local_pair_loss({name: checked[name] for name in pairs[0]})]
-    rows = {name: x.shape[0] for name, x in checked.items()}
-    if all(rows[m] + rows[n] < widths[m] for m, n in pairs):
-        thetas = _gram_losses(checked, pairs)
-    else:
-        index = {name: i for i, name in enumerate(checked)}
-        by_index = tuple((index[m], index[n]) for m, n in pairs)
-        thetas = list(_fused_losses(by_index, *checked.values()))
-    _check_losses(thetas, checked)
-    return thetas
+    _check_options(estimator, method, paired, validate)
+    values, _, _ = _pair_estimates(
+        inputs,
+        pairs,
+        estimators=(estimator,),
+        method=method,
+        paired=paired,
+        sync_dist=sync_dist,
+        validate=validate,
+    )
+    return values[estimator]
 
 
-def _check_losses(thetas: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> None:
-    """Raise if a θ is NaN/Inf: one host synchronisation that brings the θ back as Python
-    floats, so the common case runs no ``isfinite`` kernels."""
-    values = torch.stack(list(thetas))
-    if not all(map(math.isfinite, values.tolist())):
-        _raise_non_finite(torch.isfinite(values), **inputs)
+class AlignmentDiagnostics(NamedTuple):
+    r"""What :func:`alignment_diagnostics` returns (0-dim tensors, detached).
+
+    Attributes:
+        plugin: the paper's :math:`\theta`.
+        unbiased: the unbiased estimate of :math:`\lVert\Sigma_a-\Sigma_b\rVert_F^2/4d^2`.
+        floor: ``plugin - unbiased``: an unbiased estimate of the plug-in's expected excess
+            over the population distance, the sampling noise in :math:`\theta`.
+        scale_a: :math:`\operatorname{tr} C_a / d`, the mean variance of the first input.
+        scale_b: :math:`\operatorname{tr} C_b / d`.
+    """
+
+    plugin: torch.Tensor
+    unbiased: torch.Tensor
+    floor: torch.Tensor
+    scale_a: torch.Tensor
+    scale_b: torch.Tensor
 
 
-def _fused_losses(pairs: tuple[tuple[int, int], ...], *xs: torch.Tensor) -> tuple[torch.Tensor]:
-    """θ of each pair of ``xs`` (validated, local) in one :class:`CovarianceAlignment` node."""
-    return CovarianceAlignment.apply(pairs, compute_dtype(*xs), *xs)
+@torch.no_grad()
+def pairwise_alignment_diagnostics(
+    inputs: Mapping[str, torch.Tensor],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    method: str = "auto",
+    paired: bool | None = None,
+    sync_dist: bool | None = None,
+    validate: bool | None = None,
+) -> list[AlignmentDiagnostics]:
+    """:func:`alignment_diagnostics` of several pairs, each input's statistics once.
+
+    Args:
+        inputs: as in :func:`pairwise_alignment_losses`.
+        pairs: as in :func:`pairwise_alignment_losses`.
+        method: as in :func:`covariance_alignment_loss`.
+        paired: as in :func:`covariance_alignment_loss`.
+        sync_dist: as in :func:`covariance`.
+        validate: as in :func:`covariance_alignment_loss`.
+
+    Returns:
+        One :class:`AlignmentDiagnostics` per pair, in order.
+
+    Raises:
+        TypeError, ValueError: as :func:`pairwise_alignment_losses` with
+            ``estimator="unbiased"``.
+
+    Example:
+        >>> x = {m: torch.randn(16, 3) for m in ("audio", "vision")}
+        >>> (diag,) = pairwise_alignment_diagnostics(x, [("audio", "vision")])
+        >>> torch.allclose(diag.plugin - diag.unbiased, diag.floor)
+        True
+    """
+    _check_options("unbiased", method, paired, validate)
+    values, moments, _ = _pair_estimates(
+        inputs,
+        pairs,
+        estimators=("plugin", "unbiased"),
+        method=method,
+        paired=paired,
+        sync_dist=sync_dist,
+        validate=validate,
+    )
+    d = inputs[pairs[0][0]].shape[1]
+    return [
+        AlignmentDiagnostics(plugin, unbiased, plugin - unbiased, m.tr_a / d, m.tr_b / d)
+        for plugin, unbiased, m in zip(values["plugin"], values["unbiased"], moments, strict=True)
+    ]
 
 
-def _gram_losses(
-    inputs: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]]
-) -> list[torch.Tensor]:
-    """The Gram form of θ under plain autograd, each input's terms once (``N_m + N_n < d``)."""
-    first = next(iter(inputs.values()))
-    dtype, d = compute_dtype(*inputs.values()), first.shape[1]
-    with no_autocast(first.device):
-        xc = {name: centred(x, dtype) for name, x in inputs.items()}
-        k = {name: 1.0 / (x.shape[0] - 1) for name, x in inputs.items()}
-        own = {name: (x @ x.mT).square().sum() * k[name] ** 2 for name, x in xc.items()}
-        return [
-            (own[m] + own[n] - 2 * k[m] * k[n] * (xc[m] @ xc[n].mT).square().sum()).clamp_min(0)
-            / (4 * d * d)
-            for m, n in pairs
-        ]
+def alignment_diagnostics(
+    x_a: torch.Tensor,
+    x_b: torch.Tensor,
+    *,
+    method: str = "auto",
+    paired: bool | None = None,
+    sync_dist: bool | None = None,
+    validate: bool | None = None,
+) -> AlignmentDiagnostics:
+    r"""How much of the plug-in :math:`\theta` of a batch is sampling noise.
+
+    Returns the plug-in and unbiased estimates of the alignment loss, their difference (the
+    *floor*: an unbiased estimate of :math:`E[\theta_\text{plugin}] -
+    \lVert\Sigma_a-\Sigma_b\rVert_F^2/4d^2`, see :doc:`/estimators`) and each input's scale
+    :math:`\operatorname{tr} C/d`, the quantity whose shrinkage the floor's gradient causes.
+    Computed without gradient.
+
+    Args:
+        x_a: features of the first modality.
+        x_b: features of the second modality, same width.
+        method: as in :func:`covariance_alignment_loss`.
+        paired: as in :func:`covariance_alignment_loss`.
+        sync_dist: as in :func:`covariance`.
+        validate: as in :func:`covariance_alignment_loss`.
+
+    Returns:
+        An :class:`AlignmentDiagnostics`.
+
+    Shape:
+        - x_a: :math:`(N_a, d)`, x_b: :math:`(N_b, d)`, at least 4 rows each
+        - output: five :math:`()` tensors
+
+    Raises:
+        TypeError, ValueError: as :func:`covariance_alignment_loss` with
+            ``estimator="unbiased"``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x_a, x_b = torch.randn(16, 16, generator=g), torch.randn(16, 16, generator=g)
+        >>> diag = alignment_diagnostics(x_a, x_b, paired=False)  # one distribution
+        >>> round(diag.floor.item() / diag.plugin.item(), 2)  # the share of pure noise
+        0.99
+    """
+    x_a, x_b = check_tensor(x_a, "x_a"), check_tensor(x_b, "x_b")
+    (diagnostics,) = pairwise_alignment_diagnostics(
+        {"x_a": x_a, "x_b": x_b},
+        [("x_a", "x_b")],
+        method=method,
+        paired=paired,
+        sync_dist=sync_dist,
+        validate=validate,
+    )
+    return diagnostics
 
 
 def covariance_alignment_grad(
@@ -386,7 +855,8 @@ def covariance_alignment_grad(
 
     The paper prints :math:`\tilde M_a^\top` (a ``d×N`` matrix, which cannot multiply
     ``C_a - C_b``) and a positive sign for :math:`M_b`; :doc:`/mathematics` derives the forms
-    above and shows the printed ones fail numerically.
+    above and shows the printed ones fail numerically. The test suite uses this function as
+    the oracle of every path's gradient.
 
     Args:
         x_a: features of the first modality.
@@ -411,7 +881,13 @@ def covariance_alignment_grad(
         tensor([[-0.5000,  0.0000],
                 [ 0.5000,  0.0000]])
     """
-    x_a, x_b = _check_pair(x_a, x_b)
+    x_a = _check_features(x_a, "x_a", min_rows=2)
+    x_b = _check_features(x_b, "x_b", min_rows=2)
+    check_same_device(x_a=x_a, x_b=x_b)
+    if x_a.shape[1] != x_b.shape[1]:
+        raise ValueError(
+            f"x_b: expected the width of x_a ({x_a.shape[1]} columns), got {x_b.shape[1]}"
+        )
     dtype = compute_dtype(x_a, x_b)
     d = x_a.shape[1]
     with torch.no_grad(), no_autocast(x_a.device):

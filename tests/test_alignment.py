@@ -169,8 +169,9 @@ def test_modality_alignment_equals_sum_of_functional_terms(spec, private):
         expected[f"{a}{sign}{b}"] = penalty if sign == "+" else theta
     assert terms.keys() == expected.keys()
     for name, value in expected.items():
-        torch.testing.assert_close(terms[name], value)
+        torch.testing.assert_close(terms[name], 0.7 * value)  # contributions: weighted
     torch.testing.assert_close(total, 0.7 * sum(expected.values()))
+    torch.testing.assert_close(sum(terms.values()), total)
 
 
 @pytest.mark.parametrize("rows", [12, 3])  # 3 + 3 < d = 8: the Gram form
@@ -263,7 +264,13 @@ def test_modality_alignment_dtype_follows_input(dtype):
         ("V-A", {"audio": 5, "vision": 20}, {}, "different widths"),
         ("V-A", {"audio": 4, "vision": 4}, {"private": "clipped"}, "private: expected one of"),
         ("V-Q", {"audio": 4, "vision": 4}, {}, "unknown modality 'Q'"),
-        ("V-A", {"audio": 4, "vision": 4}, {"weight": "1"}, "weight"),
+        ("V-A", {"audio": 4, "vision": 4}, {"weight": -1.0}, "private term"),
+        ("V-A", {"audio": 4, "vision": 4}, {"estimator": "mle"}, "estimator: expected one of"),
+        ("V-A", {"audio": 4, "vision": 4}, {"method": "fast"}, "method: expected one of"),
+        ("V-A", {"audio": 4, "vision-hd": 4}, {}, "spec's syntax"),
+        ("V-A", {"audio": 4, "my vision": 4}, {}, "spec's syntax"),
+        ("V-A", {"audio": 4, "a/v": 4}, {}, "spec's syntax"),
+        ("V-A", {"audio+": 4, "vision": 4}, {}, "spec's syntax"),
     ],
 )
 def test_modality_alignment_construction_errors(spec, dims, kwargs, match):
