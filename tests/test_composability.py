@@ -107,7 +107,9 @@ def test_torch_func_grad_and_vmap_agree_with_eager(estimator, method, paired):
         torch.stack([rows(10 + i, 6, 5) for i in range(4)]),
     )
     batched = torch.func.vmap(lambda x, y: F.covariance_alignment_loss(x, y, **kw))(a, b)
-    eager = torch.stack([F.covariance_alignment_loss(x, y, **kw) for x, y in zip(a, b)])
+    eager = torch.stack(
+        [F.covariance_alignment_loss(x, y, **kw) for x, y in zip(a, b, strict=True)]
+    )
     torch.testing.assert_close(batched, eager)
     grads = torch.func.vmap(torch.func.grad(lambda x, y: F.covariance_alignment_loss(x, y, **kw)))(
         a, b
@@ -281,7 +283,7 @@ def test_one_row_batch_error_suggests_drop_last():
     with pytest.raises(ValueError, match="drop_last=True"):
         F.covariance_alignment_loss(torch.ones(1, 3), torch.ones(4, 3))
     align = ModalityAlignment("A-V", {"audio": 3, "vision": 3})
-    with pytest.raises(ValueError, match="audio: .*drop_last=True"):
+    with pytest.raises(ValueError, match=r"audio: .*drop_last=True"):
         align({"audio": torch.ones(1, 3), "vision": torch.ones(1, 3)})
 
 

@@ -26,7 +26,7 @@ def u_trace_sq(x: torch.Tensor) -> torch.Tensor:
     """tr(Σ²) by its definition as a U-statistic: 1/4 E[((x_i - x_j)ᵀ(x_k - x_l))²] over
     ordered distinct i, j, k, l (unbiased for every distribution with finite 4th moments)."""
     quads = list(itertools.permutations(range(x.shape[0]), 4))
-    return sum(((x[i] - x[j]) @ (x[k] - x[l])) ** 2 for i, j, k, l in quads) / (4 * len(quads))
+    return sum(((x[i] - x[j]) @ (x[k] - x[m])) ** 2 for i, j, k, m in quads) / (4 * len(quads))
 
 
 def u_paired_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -34,8 +34,8 @@ def u_paired_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     so that the a-rows and b-rows of a term come from independent samples."""
     quads = list(itertools.permutations(range(a.shape[0]), 4))
     total = 0.0
-    for i, j, k, l in quads:
-        da, db, ea, eb = a[i] - a[j], b[i] - b[j], a[k] - a[l], b[k] - b[l]
+    for i, j, k, m in quads:
+        da, db, ea, eb = a[i] - a[j], b[i] - b[j], a[k] - a[m], b[k] - b[m]
         total = total + (da @ ea) ** 2 + (db @ eb) ** 2 - 2 * (da @ eb) ** 2
     return total / (4 * len(quads))
 
@@ -150,7 +150,7 @@ def test_monte_carlo_paired_correlated_modalities():
 
 
 def test_unbiased_needs_four_rows_and_says_so():
-    with pytest.raises(ValueError, match="x_a: expected at least 4 rows .*unbiased"):
+    with pytest.raises(ValueError, match=r"x_a: expected at least 4 rows .*unbiased"):
         F.covariance_alignment_loss(rows(0, 3, 2), rows(1, 5, 2), estimator="unbiased")
     F.covariance_alignment_loss(rows(0, 3, 2), rows(1, 5, 2))  # the plug-in needs 2
 
