@@ -17,7 +17,6 @@ from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 
 from deepalign._checks import (
     check_choice,
@@ -119,11 +118,31 @@ class _Centred(NamedTuple):
     count: int
 
 
+class _AllReduce(torch.autograd.Function):
+    """Sum over the ranks of a group. Its gradient is the same sum of the incoming gradients
+    (each rank's rows get the gradient of the sum of all ranks' losses), computed by this
+    Function again, so that every higher derivative is exact too."""
+
+    @staticmethod
+    def forward(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[torch.Tensor, dist.ProcessGroup], output) -> None:
+        ctx.group = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _AllReduce.apply(grad, ctx.group), None
+
+
 def _reducer(group: dist.ProcessGroup | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Sum over the ranks of ``group``, differentiably (identity without a group)."""
     if group is None:
         return lambda t: t
-    return lambda t: dist_nn.all_reduce(t, group=group)
+    return lambda t: _AllReduce.apply(t, group)
 
 
 def _centre_all(
@@ -150,7 +169,7 @@ def _centre_all(
         bad[rank] = float(not all(bool(torch.isfinite(x).all()) for x in xs.values()))
         parts.append(bad)
     device = next(iter(xs.values())).device
-    total = dist_nn.all_reduce(torch.cat([p.to(device) for p in parts]), group=group)
+    total = _AllReduce.apply(torch.cat([p.to(device) for p in parts]), group)
     counts_at = sum(x.shape[1] for x in xs.values())
     counts = [int(c) for c in total[counts_at : counts_at + len(xs)].tolist()]
     if check:

@@ -16,7 +16,7 @@ import deepalign
 from deepalign import MSAConfig, MultiTaskMSA
 from deepalign import functional as F
 from deepalign.data import make_synthetic
-from deepalign.training import Trainer
+from deepalign.training import TrainConfig, Trainer
 
 ROWS_A, ROWS_B = (5, 9), (7, 3)  # unequal per-rank batches
 
@@ -102,10 +102,51 @@ def train_scenario(rank: int, world: int, out: Path) -> dict:
 def make_trainer(out_dir: Path | None) -> Trainer:
     splits = make_synthetic("mosi", n_train=40, seq_len=5, text_dim=8, seed=0)
     config = MSAConfig.preset(
-        "mosi", text_mode="features", feature_dims=(8, 5, 20), batch_size=8, alignment="V-A"
+        "mosi", text_mode="features", feature_dims=(8, 5, 20), alignment="V-A"
     )
+    train = TrainConfig.preset("mosi", batch_size=8, max_epochs=2, accumulate_grad_batches=1)
     torch.manual_seed(0)
-    return Trainer(MultiTaskMSA(config), splits, max_epochs=2, out_dir=out_dir)
+    return Trainer(MultiTaskMSA(config), splits, train, out_dir=out_dir)
+
+
+PAIRED_ROWS = (5, 9)  # per rank, equal for both inputs: row i of both is one sample
+
+
+def paired_inputs(d: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    x_a = torch.randn(sum(PAIRED_ROWS), d, generator=g, dtype=torch.float64)
+    return x_a, 0.6 * x_a + torch.randn(sum(PAIRED_ROWS), d, generator=g, dtype=torch.float64)
+
+
+def unbiased_scenario(rank: int, world: int, out: Path) -> dict:
+    """The unbiased estimator over the global batch, independent (unequal rows) and paired;
+    first and second derivatives (a gradient penalty)."""
+    results = {}
+    cases = {
+        "independent": (shared_inputs(), ROWS_A, ROWS_B),
+        "paired": (paired_inputs(), PAIRED_ROWS, PAIRED_ROWS),
+    }
+    for name, ((x_a, x_b), rows_a, rows_b) in cases.items():
+        local_a = x_a[rank_slice(rows_a, rank)].clone().requires_grad_()
+        local_b = x_b[rank_slice(rows_b, rank)].clone().requires_grad_()
+        theta = F.covariance_alignment_loss(local_a, local_b, estimator="unbiased")
+        (grad_a,) = torch.autograd.grad(theta, local_a, create_graph=True)
+        grad_a.square().sum().backward()
+        results[name] = {"theta": theta.detach(), "penalty_grad_b": local_b.grad}
+    return results
+
+
+def nan_scenario(rank: int, world: int, out: Path) -> dict:
+    """NaN features on rank 1 only: every rank must raise, none may block in a collective."""
+    x_a, x_b = shared_inputs()
+    local_a = x_a[rank_slice(ROWS_A, rank)].clone()
+    if rank == 1:
+        local_a[0, 0] = float("nan")
+    try:
+        F.covariance_alignment_loss(local_a, x_b[rank_slice(ROWS_B, rank)])
+    except ValueError as error:
+        return {"error": str(error)}
+    return {"error": ""}
 
 
 SCENARIOS = {
@@ -113,6 +154,8 @@ SCENARIOS = {
     "ddp": ddp_scenario,
     "ulgm": ulgm_scenario,
     "train": train_scenario,
+    "unbiased": unbiased_scenario,
+    "nan": nan_scenario,
 }
 
 

@@ -117,3 +117,30 @@ def test_sync_dist_true_without_process_group_is_an_error():
         F.covariance(torch.randn(4, 2), sync_dist=True)
     with pytest.raises(TypeError, match="sync_dist: expected True, False or None"):
         F.covariance(torch.randn(4, 2), sync_dist="yes")
+
+
+def test_unbiased_estimator_and_its_second_derivative_over_the_global_batch(ranks):
+    results = [r["unbiased"] for r in ranks[0]]
+    cases = {
+        "independent": (dist_worker.shared_inputs(), dist_worker.ROWS_A, dist_worker.ROWS_B),
+        "paired": (dist_worker.paired_inputs(), dist_worker.PAIRED_ROWS, dist_worker.PAIRED_ROWS),
+    }
+    for name, ((x_a, x_b), _, rows_b) in cases.items():
+        x_a, x_b = x_a.clone().requires_grad_(), x_b.clone().requires_grad_()
+        theta = F.covariance_alignment_loss(x_a, x_b, estimator="unbiased")
+        (grad_a,) = torch.autograd.grad(theta, x_a, create_graph=True)
+        grad_a.square().sum().backward()
+        for rank, result in enumerate(results):
+            torch.testing.assert_close(result[name]["theta"], theta.detach(), rtol=1e-10, atol=0)
+            # Rank r's first derivative is world × its share (the sum over ranks' losses), so
+            # its penalty is world² × the one-process penalty's share, summed over ranks' rows.
+            rows = x_b.grad[dist_worker.rank_slice(rows_b, rank)]
+            torch.testing.assert_close(
+                result[name]["penalty_grad_b"], rows * WORLD**2, rtol=1e-8, atol=1e-12
+            )
+
+
+def test_nan_on_one_rank_raises_on_every_rank(ranks):
+    errors = [r["nan"]["error"] for r in ranks[0]]
+    assert "rank(s) [1] hold NaN/Inf" in errors[0], errors  # told which rank failed
+    assert "x_a (rank 1): expected finite" in errors[1], errors  # told which input
