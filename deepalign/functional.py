@@ -405,7 +405,7 @@ def _dense_moments(
     reduce = _reducer(group)
     cov = _covariances(rows, group)
     unbiased = "unbiased" in estimators
-    used = {name for pair in pairs for name in pair}
+    used = list(dict.fromkeys(name for pair in pairs for name in pair))  # same order on every rank
     sq = tr = q = {}
     if unbiased:
         sq = {n: cov[n].square().sum() for n in used}
