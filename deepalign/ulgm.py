@@ -25,7 +25,9 @@ from deepalign._checks import (
     check_same_device,
     check_shape,
     check_tensor,
+    check_validate,
     compute_dtype,
+    reads_values,
 )
 
 if TYPE_CHECKING:
@@ -170,6 +172,10 @@ class ULGM(nn.Module):
             :class:`~torch.utils.data.DistributedSampler` counts once), which equals one process
             stepping on the union. Every rank must call :meth:`step`. Default ``None``: sync
             whenever a process group of more than one rank is initialised (:doc:`/distributed`).
+        validate: run the checks that read values on the host (indexes in range and distinct,
+            samples initialised, finite features): one host synchronisation each. Default
+            ``None``: the global default of :func:`deepalign.set_validation`. Shapes, dtypes
+            and devices are always checked.
 
     Shape:
         - features: mapping name -> :math:`(B, d_\text{name})`; indexes: :math:`(B,)` integers.
@@ -207,9 +213,11 @@ class ULGM(nn.Module):
         H: float = 3.0,
         exclude_zero: bool = True,
         sync_dist: bool | None = None,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         self.sync_dist = sync_dist
+        self.validate = check_validate(validate)
         self.num_samples = check_positive_int(num_samples, "num_samples")
         self.dims = _check_dims(dims, fusion)
         self.names = tuple(self.dims)
@@ -225,7 +233,8 @@ class ULGM(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_samples={self.num_samples}, dims={self.dims}, fusion={self.fusion!r}, "
-            f"H={self.H}, exclude_zero={self.exclude_zero}"
+            f"H={self.H}, exclude_zero={self.exclude_zero}, sync_dist={self.sync_dist}, "
+            f"validate={self.validate}"
         )
 
     @torch.no_grad()
@@ -424,7 +433,24 @@ class ULGM(nn.Module):
             generated[name] = keep * bank.labels[indexes].to(target.dtype) + blend * target
         return generated
 
+    def _reads_values(self, *tensors: Tensor) -> bool:
+        """Whether the checks that read values on the host run (see
+        :func:`deepalign.set_validation`); the ULGM's banks need real tensors."""
+        for t in (*tensors, self.initialized):
+            if t.device.type == "meta":
+                raise ValueError(
+                    "ULGM: expected real tensors, got a meta tensor: its label and feature "
+                    "banks hold values that each step reads and writes; materialise the module "
+                    "(e.g. ulgm.to_empty(device=...) then init_labels) and pass real tensors"
+                )
+        return reads_values(self.validate, *tensors)
+
     def _check_indexes(self, indexes: Tensor, *, distinct: bool) -> Tensor:
+        if isinstance(indexes, Tensor) and not self._reads_values(indexes):
+            if indexes.is_floating_point() or indexes.is_complex() or indexes.dtype == torch.bool:
+                raise TypeError(f"indexes: expected an integer tensor, got dtype {indexes.dtype}")
+            check_shape(indexes, "indexes", ("B",))
+            return indexes.long().to(self.initialized.device)
         indexes = check_indexes(indexes, "indexes", self.num_samples, distinct=distinct)
         return indexes.to(self.initialized.device)
 
@@ -444,10 +470,13 @@ class ULGM(nn.Module):
             check_shape(feature, argument, (batch_size, self.dims[name]))
             check_same_device(**{argument: feature, "ULGM buffers": self.initialized})
             batch[name] = feature.detach()
-        check_all_finite({f"features[{name!r}]": feature for name, feature in batch.items()})
+        if self._reads_values(*batch.values()):
+            check_all_finite({f"features[{name!r}]": feature for name, feature in batch.items()})
         return batch
 
     def _check_initialized(self, indexes: Tensor) -> None:
+        if not self._reads_values(indexes):
+            return
         missing = indexes[~self.initialized[indexes]]
         if missing.numel():
             raise ValueError(

@@ -299,3 +299,40 @@ def test_extra_repr_shows_every_behaviour_changing_argument():
     align = ModalityAlignment("A-V", {"audio": 3, "vision": 5}, proj_dim=3, private="negated")
     for part in ("spec='A-V'", "private='negated'", "proj_dim=3", "estimator='plugin'"):
         assert part in repr(align), part
+
+
+# ---------------------------------------------------------------- the ULGM
+
+
+def ulgm_batch():
+    dims = {"fusion": 4, "text": 3, "audio": 2}
+    ulgm = deepalign.ULGM(10, dims)
+    ulgm.init_labels(torch.arange(10), torch.linspace(-2, 2, 10))
+    feats = {n: rows(i, 5, d, torch.float32) for i, (n, d) in enumerate(dims.items())}
+    preds = {n: rows(10 + i, 5, 1, torch.float32) for i, n in enumerate(dims)}
+    return ulgm, feats, preds, torch.tensor([0, 3, 5, 7, 9])
+
+
+def test_ulgm_validation_off_runs_without_host_syncs_and_gives_the_same_banks():
+    ulgm, feats, preds, index = ulgm_batch()
+    checked, _, _, _ = ulgm_batch()
+    with count_host_syncs() as calls:
+        checked.loss(preds, index)
+        checked.step(feats, index, epoch=2)
+    assert len(calls) >= 3  # index range, distinctness, initialised, finite features
+    with deepalign.validation(False), count_host_syncs() as calls:
+        ulgm.loss(preds, index)
+        ulgm.step(feats, index, epoch=2)
+    assert calls == []
+    torch.testing.assert_close(ulgm.state_dict(), checked.state_dict())
+    off = deepalign.ULGM(10, {"fusion": 2, "text": 2}, validate=False)
+    assert "validate=False" in repr(off)
+    with pytest.raises(TypeError, match="indexes: expected an integer tensor"):
+        off.loss({"fusion": torch.ones(2), "text": torch.ones(2)}, torch.ones(2))
+
+
+def test_ulgm_says_it_needs_real_tensors():
+    ulgm, _, preds, index = ulgm_batch()
+    meta = {n: f.to("meta") for n, f in preds.items()}
+    with pytest.raises(ValueError, match="ULGM: expected real tensors, got a meta tensor"):
+        ulgm.loss(meta, index.to("meta"))
