@@ -249,3 +249,47 @@ def test_floor_estimate_matches_the_gaussian_formula_on_average():
     se = floors.std() / draws**0.5
     assert abs(floors.mean() - expected) < 3 * se
     assert np.isfinite(floors.numpy()).all()
+
+
+# ---------------------------------------------------------------- the analytic gradients
+
+
+def analytic_unbiased_grad_a(a: torch.Tensor, b: torch.Tensor, paired: bool) -> torch.Tensor:
+    """∂θ_u/∂M_a as written in docs/estimators.rst (θ_u = est / 4d²)."""
+    n, d = a.shape
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    c_a, c_b = ac.T @ ac / (n - 1), bc.T @ bc / (len(b) - 1)
+    centre = torch.eye(n, dtype=a.dtype) - 1.0 / n
+    r_a = torch.diag(ac.square().sum(1))
+    den = n * (n - 2) * (n - 3)
+    if not paired:
+        floor_grad = (
+            4
+            * (n * centre @ r_a @ ac - c_a.trace() * ac - (n + 1) * (n - 2) * ac @ c_a / (n - 1))
+            / den
+        )
+        return (4 * ac @ (c_a - c_b) / (n - 1) - floor_grad) / (4 * d * d)
+    c_ab = ac.T @ bc / (n - 1)
+    s = torch.diag((ac * bc).sum(1))
+    est_grad = (
+        4
+        * (
+            (n - 1) * (n - 2) * ac @ (c_a - c_b)
+            + ac @ c_b
+            - bc @ c_ab
+            + c_a.trace() * ac
+            - c_ab.trace() * bc
+            - n * centre @ (r_a @ ac - s @ bc)
+        )
+        / den
+    )
+    return est_grad / (4 * d * d)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+@pytest.mark.parametrize(("n", "d"), [(6, 3), (9, 5)])
+def test_analytic_gradient_of_the_unbiased_estimator_equals_autograd(paired, n, d):
+    a = rows(20 + n, n, d, scale=1.5, shift=2).requires_grad_()
+    b = 0.5 * a.detach() + rows(21 + n, n, d)
+    F.covariance_alignment_loss(a, b, estimator="unbiased", paired=paired).backward()
+    torch.testing.assert_close(a.grad, analytic_unbiased_grad_a(a.detach(), b, paired))
