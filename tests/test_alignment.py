@@ -294,9 +294,23 @@ def test_modality_alignment_forward_errors():
 
 
 def test_public_names_exported():
-    for name in ("CovarianceAlignmentLoss", "ModalityAlignment", "FixedProjection", "parse_spec"):
+    from deepalign import alignment, model, ulgm
+
+    for name, home in [
+        ("CovarianceAlignmentLoss", alignment),
+        ("ModalityAlignment", alignment),
+        ("FixedProjection", alignment),
+        ("parse_spec", alignment),
+        ("MultiTaskMSA", model),
+        ("ULGM", ulgm),
+    ]:
         assert name in deepalign.__all__
-        assert getattr(deepalign, name) is not None
+        assert getattr(deepalign, name) is getattr(home, name)  # the same object, re-exported
+    namespace: dict = {}
+    exec("from deepalign import *", namespace)
+    assert {n for n in namespace if not n.startswith("__")} | {"__version__"} == set(
+        deepalign.__all__
+    )
 
 
 @pytest.mark.parametrize("n", [5, 40])  # 5 + 5 < 64: Gram path; 40 + 40 >= 64: covariances
@@ -348,7 +362,8 @@ def test_fused_pairwise_losses_of_identical_inputs_are_exactly_zero():
         {"a": x, "b": x.clone(), "c": x * 2}, [("a", "b"), ("a", "c")]
     )
     assert thetas[0].item() == 0.0
-    assert thetas[1].item() > 0
+    c = torch.cov(x.double().T)  # θ(x, 2x) = ‖C - 4C‖² / 4d² = 9‖C‖² / 64
+    assert thetas[1].item() == pytest.approx((9 * c.square().sum() / 64).item(), rel=1e-4)
 
 
 def test_pairwise_losses_errors():
