@@ -148,6 +148,9 @@ def draw(rows: list[dict], path: Path, d: int) -> None:
     axes[0].axhline(1.0, color="grey", lw=0.8)
     axes[0].set(xscale="log", xlabel="batch size N", ylabel="tr(S) / tr(Σ_t)")
     axes[1].set(xscale="log", xlabel="batch size N", ylabel="‖S − Σ_t‖ / ‖Σ_t‖")
+    for ax in axes:
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
     axes[0].legend(fontsize=8)
     fig.suptitle(f"alignment loss alone, linear map, d = {d}", fontsize=10)
     fig.tight_layout()
