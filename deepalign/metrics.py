@@ -73,7 +73,10 @@ def msa_metrics(
     For CH-SIMS, :math:`p` and :math:`t` are first clipped to [-1, 1]; MAE and Corr use the
     clipped values, and ``Mult_acc_k`` is the exact-match accuracy of the classes given by the
     half-open intervals :math:`(b_i, b_{i+1}]` of the bins :data:`SIMS_BINS`; ``F1_score`` is
-    the weighted F1 of the 2 classes.
+    the weighted F1 of the 2 classes. As in MMSA, each input is binned in its own precision:
+    the edges are rounded to the input's floating-point type (float64 for integers) before the
+    comparison, so a float32 ``0.1`` is neutral (``float32(0.1) <= float32(0.1)``) and a
+    float32 ``-0.7`` is in the lowest of 5 classes, exactly as MMSA scores float32 outputs.
 
     Shape:
         ``pred`` and ``true``: ``(N,)`` or ``(N, 1)``.
@@ -84,8 +87,8 @@ def msa_metrics(
         dataset: ``"mosi"``, ``"mosei"`` (the same metrics) or ``"sims"``. Default ``"mosi"``.
 
     Returns:
-        Metric name -> float: the keys :data:`MOSI_KEYS` (MOSI, MOSEI) or :data:`SIMS_KEYS`.
-        Accuracies and F1 are fractions in [0, 1].
+        A dict from metric name to value, with the keys :data:`MOSI_KEYS` (MOSI, MOSEI) or
+        :data:`SIMS_KEYS`. Accuracies and F1 are fractions in [0, 1].
 
     Raises:
         ValueError: if ``dataset`` is unknown, the shapes are not ``(N,)``/``(N, 1)`` or
@@ -105,7 +108,10 @@ def msa_metrics(
         raise ValueError(
             f"pred and true: expected the same number of samples, got {p.size} and {t.size}"
         )
-    metrics = _sims_metrics(p, t) if dataset == "sims" else _mosi_metrics(p, t)
+    if dataset == "sims":
+        metrics = _sims_metrics(p, t, _edges_in_precision_of(pred), _edges_in_precision_of(true))
+    else:
+        metrics = _mosi_metrics(p, t)
     undefined = [key for key, value in metrics.items() if np.isnan(value)]
     if undefined:
         warnings.warn(
@@ -196,9 +202,21 @@ def _mosi_metrics(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
     }
 
 
-def _sims_metrics(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
+def _edges_in_precision_of(x: torch.Tensor | np.ndarray) -> dict[int, np.ndarray]:
+    """:data:`SIMS_BINS` rounded to ``x``'s floating-point type (float64 for integers), as
+    float64 arrays: comparing the float64 copy of ``x`` with them is exact, and equals MMSA's
+    comparison of ``x`` in its own type with the Python-float edges."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return {k: torch.tensor(b, dtype=x.dtype).double().numpy() for k, b in SIMS_BINS.items()}
+    dtype = x.dtype if x.dtype.kind == "f" else np.float64
+    return {k: np.asarray(b, dtype=dtype).astype(np.float64) for k, b in SIMS_BINS.items()}
+
+
+def _sims_metrics(
+    p: np.ndarray, t: np.ndarray, p_edges: dict[int, np.ndarray], t_edges: dict[int, np.ndarray]
+) -> dict[str, float]:
     p, t = np.clip(p, -1, 1), np.clip(t, -1, 1)
-    classes = {k: (_sims_classes(p, bins), _sims_classes(t, bins)) for k, bins in SIMS_BINS.items()}
+    classes = {k: (_sims_classes(p, p_edges[k]), _sims_classes(t, t_edges[k])) for k in SIMS_BINS}
     return {
         "Mult_acc_2": _accuracy(*classes[2]),
         "Mult_acc_3": _accuracy(*classes[3]),
@@ -209,9 +227,9 @@ def _sims_metrics(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
     }
 
 
-def _sims_classes(x: np.ndarray, bins: tuple[float, ...]) -> np.ndarray:
-    """Class ``i`` for ``bins[i] < x <= bins[i + 1]``."""
-    return np.searchsorted(np.asarray(bins), x, side="left") - 1
+def _sims_classes(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Class ``i`` for ``edges[i] < x <= edges[i + 1]``."""
+    return np.searchsorted(edges, x, side="left") - 1
 
 
 def _accuracy(pred_labels: np.ndarray, true_labels: np.ndarray) -> float:

@@ -2,13 +2,14 @@
 
 Without a dataset (no --data and no $DEEPALIGN_DATA/SIMS/Processed/unaligned_39.pkl) it runs on
 synthetic SIMS-shaped data and says so. The SIMS preset uses bert-base-chinese (pass a local
-copy with --bert). Examples:
+copy with --bert). --baseline adds Self-MM (no alignment) on the same seeds. Examples:
 
     python examples/reproduce_sims.py                       # embedded default: synthetic data
+    python examples/reproduce_sims.py --quick               # seconds: a smoke run
     python examples/reproduce_sims.py --data unaligned_39.pkl --bert ./bert-base-chinese
 """
 
 from deepalign.experiments import main
 
 if __name__ == "__main__":
-    main(None, dataset="sims", description=__doc__.splitlines()[0])
+    main(None, dataset="sims", description=__doc__.splitlines()[0], example="reproduce_sims")

@@ -3,20 +3,23 @@
 For each modality set, a ridge regression on the mean-pooled (over valid time steps),
 train-standardised features is fitted on train, its penalty chosen on valid, and scored on test
 with the field's metrics. A model worth reporting beats every row. Without --data it uses the
-synthetic MOSI generator (the table in the docs' data page comes from this script):
+synthetic generator, and says so (the table in the docs' data page comes from this script):
 
     python examples/ridge_floors.py                   # synthetic MOSI, full size
+    python examples/ridge_floors.py --quick           # seconds: a smoke run
     python examples/ridge_floors.py --data ../shared/data/mosi_bclstm/mosi_bclstm.pkl
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from deepalign.data import MMSADataset, load_mmsa, make_synthetic
-from deepalign.metrics import msa_metrics
+from deepalign.data import MMSADataset
+from deepalign.experiments import ConfigError, load_data, warn_synthetic
+from deepalign.metrics import DATASETS, msa_metrics
 
 SETS = {
     "text": ("text",),
@@ -62,20 +65,45 @@ def floor(splits: dict[str, MMSADataset], modalities: tuple[str, ...], dataset: 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None, help="MMSA pickle (default: synthetic)")
-    parser.add_argument("--dataset", choices=("mosi", "mosei", "sims"), default="mosi")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="MMSA pickle (default: synthetic, with a warning)"
+    )
+    parser.add_argument("--dataset", choices=DATASETS, default="mosi")
     parser.add_argument("--n-train", type=int, default=None, help="synthetic train size")
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds: tiny synthetic data, or 64 samples per split"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default runs/ridge_floors/...)"
+    )
     args = parser.parse_args(argv)
-    if args.data is None:
-        splits = make_synthetic(args.dataset, n_train=args.n_train, seed=0)
-    else:
-        splits = load_mmsa(args.data)
-    rows = {name: floor(splits, mods, args.dataset) for name, mods in SETS.items()}
+    try:
+        data = load_data(args, args.dataset)
+    except ConfigError as error:
+        parser.error(str(error))
+    if data.synthetic:
+        warn_synthetic("tiny, --quick" if args.quick else f"the {args.dataset.upper()} generator")
+    sets = {name: mods for name, mods in SETS.items() if all(m in data.splits["train"].dims
+                                                             for m in mods)}  # fmt: skip
+    rows = {name: floor(data.splits, mods, args.dataset) for name, mods in sets.items()}
     key = "Mult_acc_2" if args.dataset == "sims" else "Has0_acc_2"
-    print(f"| features | MAE | Corr | {key} | ridge penalty |\n| --- | --- | --- | --- | --- |")
+    lines = [
+        f"Ridge floors, {args.dataset.upper()} — {data.source}, test split",
+        "",
+        f"| features | MAE | Corr | {key} | ridge penalty |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, m in rows.items():
-        print(f"| {name} | {m['MAE']:.3f} | {m['Corr']:.3f} | {100 * m[key]:.1f} | "
-              f"{m['penalty']:g} |")  # fmt: skip
+        lines.append(f"| {name} | {m['MAE']:.3f} | {m['Corr']:.3f} | {100 * m[key]:.1f} | "
+                     f"{m['penalty']:g} |")  # fmt: skip
+    table = "\n".join(lines) + "\n"
+    print(table)
+    out = args.out or Path("runs") / "ridge_floors" / f"{args.dataset}-{data.tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table)
+    record = {"dataset": args.dataset, "source": data.source, "data": data.data_id, "rows": rows}
+    (out / "floors.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"Wrote table.md and floors.json to {out}")
     return rows
 
 

@@ -191,3 +191,124 @@ def test_weighted_f1_matches_sklearn_multiclass(seed):
     true = rng.integers(0, 4, 50)
     pred = rng.integers(1, 5, 50)  # class 4 never true, class 0 never predicted
     assert weighted_f1(pred, true) == pytest.approx(f1_score(true, pred, average="weighted"))
+
+
+# ------------------------------------------------------------------ MMSA's rule at class boundaries
+# MMSA 2.x (``metricsTop.py``) scores the float32 outputs of a model as below: numpy comparisons
+# of a float32 array against Python floats, which numpy evaluates in float32. Written here from
+# that description as an independent reference.
+
+
+def _mmsa_sims_reference(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    pred = np.clip(pred, -1.0, 1.0)
+    true = np.clip(true, -1.0, 1.0)
+    edges = {
+        2: [-1.01, 0.0, 1.01],
+        3: [-1.01, -0.1, 0.1, 1.01],
+        5: [-1.01, -0.7, -0.1, 0.1, 0.7, 1.01],
+    }
+    out = {}
+    for k, ms in edges.items():
+        pred_k, true_k = pred.copy(), true.copy()
+        for i in range(len(ms) - 1):
+            pred_k[np.logical_and(pred > ms[i], pred <= ms[i + 1])] = i
+            true_k[np.logical_and(true > ms[i], true <= ms[i + 1])] = i
+        out[f"Mult_acc_{k}"] = float(np.sum(np.round(pred_k) == np.round(true_k)) / len(true))
+        if k == 2:
+            out["F1_score"] = float(f1_score(true_k, pred_k, average="weighted"))
+    return out
+
+
+def _mmsa_mosi_reference(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    out = {}
+    for key, c in (("Mult_acc_7", 3.0), ("Mult_acc_5", 2.0)):
+        p, t = np.clip(pred, -c, c), np.clip(true, -c, c)
+        out[key] = float(np.sum(np.round(p) == np.round(t)) / len(true))
+    nz = np.array([i for i, e in enumerate(true) if e != 0])
+    out["Non0_acc_2"] = float(accuracy_score(pred[nz] > 0, true[nz] > 0))
+    out["Non0_F1_score"] = float(f1_score(true[nz] > 0, pred[nz] > 0, average="weighted"))
+    out["Has0_acc_2"] = float(accuracy_score(pred >= 0, true >= 0))
+    out["Has0_F1_score"] = float(f1_score(true >= 0, pred >= 0, average="weighted"))
+    return out
+
+
+def _with_float32_neighbours(values) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float32)
+    up, down = np.nextafter(v, np.float32(np.inf)), np.nextafter(v, np.float32(-np.inf))
+    return np.concatenate([v, up, down])
+
+
+SIMS_EDGES = _with_float32_neighbours([-1.0, -0.7, -0.1, 0.0, 0.1, 0.7, 1.0, -1.01, 1.01])
+
+
+def test_sims_float32_classes_on_every_edge_match_mmsa():
+    # One value at a time, against every class representative: a value put in the wrong class
+    # changes the accuracy of its pair.
+    representatives = np.array([-0.9, -0.4, 0.0, 0.4, 0.9], dtype=np.float32)
+    for value in SIMS_EDGES:
+        pred = np.full(len(representatives), value, dtype=np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateMetricWarning)  # constant pred: Corr NaN
+            got = msa_metrics(pred, representatives, dataset="sims")
+        expected = _mmsa_sims_reference(pred, representatives)
+        for key, value_expected in expected.items():
+            assert got[key] == pytest.approx(value_expected, abs=1e-12), (float(value), key)
+
+
+@pytest.mark.parametrize("shift", [1, 2, 5, 11])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_sims_float32_edges_both_sides_match_mmsa(shift, as_tensor):
+    pred, true = SIMS_EDGES, np.roll(SIMS_EDGES, shift)
+    convert = torch.from_numpy if as_tensor else np.asarray
+    got = msa_metrics(convert(pred), convert(true), dataset="sims")
+    for key, value in _mmsa_sims_reference(pred, true).items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_sims_float32_boundary_hand_cases():
+    # In float32, 0.1 <= float32(0.1): neutral, where the float64 value of float32(0.1)
+    # (0.10000000149...) would be positive; float32(-0.7) = -0.69999998... is not > float32(-0.7),
+    # so it is in the lowest of 5 classes.
+    pred = np.array([0.1, -0.7, 0.7, -0.1], dtype=np.float32)
+    true = np.array([0.05, -0.8, 0.5, -0.5], dtype=np.float32)
+    m = msa_metrics(pred, true, dataset="sims")
+    # 3 classes: pred [1, 0, 2, 0], true [1, 0, 2, 0]
+    assert m["Mult_acc_3"] == 1.0
+    # 5 classes: pred [2, 0, 3, 1], true [2, 0, 3, 1]
+    assert m["Mult_acc_5"] == 1.0
+
+
+def test_sims_float64_inputs_use_float64_edges():
+    # The same values in float64: 0.1 is neutral, float64's -0.7 sits on its edge (class 0).
+    pred = np.array([0.1, -0.7, 0.100001, -0.699999])
+    true = np.array([0.05, -0.8, 0.5, -0.5])
+    m = msa_metrics(pred, true, dataset="sims")
+    assert m == pytest.approx({**m, **_mmsa_sims_reference(pred, true)})
+    assert m["Mult_acc_5"] == 1.0
+
+
+def test_sims_random_float32_data_snapped_to_edges_matches_mmsa():
+    rng = np.random.default_rng(7)
+    pred = rng.uniform(-1.2, 1.2, 300).astype(np.float32)
+    true = rng.uniform(-1.0, 1.0, 300).astype(np.float32)
+    pred[:60] = rng.choice(SIMS_EDGES, 60)
+    true[100:160] = rng.choice(SIMS_EDGES, 60)
+    got = msa_metrics(pred, true, dataset="sims")
+    for key, value in _mmsa_sims_reference(pred, true).items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_mosi_float32_boundaries_match_mmsa(as_tensor):
+    # MOSI's edges are 0 (sign) and the half-integers (rounding), exact in float32 and float64,
+    # so the float64 evaluation equals MMSA's float32 one; checked on and beside every edge.
+    edges = _with_float32_neighbours([0.0, *np.arange(-3.5, 3.6, 1.0), -2.0, 2.0, -3.0, 3.0])
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        pred = rng.permutation(edges)
+        true = rng.permutation(edges)
+        true[:3] = 0.0
+        convert = torch.from_numpy if as_tensor else np.asarray
+        got = msa_metrics(convert(pred), convert(true), dataset="mosi")
+        for key, value in _mmsa_mosi_reference(pred, true).items():
+            assert got[key] == pytest.approx(value, abs=1e-12), key
