@@ -77,7 +77,7 @@ def parse_spec(
     Args:
         spec: the spec string.
         names: the feature names that exist (e.g. the keys of ``dims``).
-        aliases: token -> feature name. Default: :data:`DEFAULT_ALIASES`.
+        aliases: token -> feature name. Default: :data:`~deepalign.alignment.DEFAULT_ALIASES`.
 
     Returns:
         The terms, in the order written, with tokens resolved to feature names.
@@ -360,7 +360,7 @@ class ModalityAlignment(nn.Module):
         dims: feature name -> width, for every name the spec may use. Names must not contain
             ``-``, ``+``, ``/`` or whitespace.
         aliases: spec token -> feature name, for tokens that are not themselves names in
-            ``dims``. Default: :data:`DEFAULT_ALIASES`.
+            ``dims``. Default: :data:`~deepalign.alignment.DEFAULT_ALIASES`.
         proj_dim: common width to project every aligned modality to; required when their
             widths differ. Default ``None``: no projection.
         projection: ``"fixed"`` (default, orthonormal and not learned) or ``"learned"``; see the
@@ -469,7 +469,7 @@ class ModalityAlignment(nn.Module):
         the (projected) features this module aligns; without gradient.
 
         Args:
-            features: as in :meth:`forward`.
+            features: as when calling the module.
 
         Returns:
             term -> :class:`~deepalign.functional.AlignmentDiagnostics` (unweighted).

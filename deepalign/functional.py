@@ -53,7 +53,7 @@ ESTIMATORS = ("plugin", "unbiased")
 :math:`\\theta` and the unbiased U-statistic (see :doc:`/estimators`)."""
 
 METHODS = ("auto", "dense", "gram")
-"""How the statistics are formed: ``"dense"`` with ``d×d`` covariances (:math:`O(Nd^2)`),
+"""How the statistics are formed. ``"dense"`` with ``d×d`` covariances (:math:`O(Nd^2)`),
 ``"gram"`` with ``N×N`` Gram matrices (:math:`O(N^2d)`, local batches only), ``"auto"``: Gram
 when every pair has :math:`N_m + N_n < d` and nothing is synchronised, else dense."""
 
