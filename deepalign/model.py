@@ -1,8 +1,10 @@
 r"""The reference multi-task model of [Lai2023]_: Self-MM's network ([Yu2021]_) plus alignment.
 
-:class:`MSAConfig` holds every hyperparameter, with the published Self-MM presets for MOSI,
-MOSEI and SIMS (:meth:`MSAConfig.preset`); :class:`MultiTaskMSA` is the network of the paper's
-Eq. 1–8, optionally owning a :class:`~deepalign.ModalityAlignment` over its modality features.
+:class:`~deepalign.MSAConfig` holds the model's hyperparameters, with the published Self-MM
+presets for MOSI, MOSEI and SIMS (:meth:`~deepalign.MSAConfig.preset`);
+:class:`~deepalign.MultiTaskMSA` is the network of the paper's Eq. 1–8, optionally owning a
+:class:`~deepalign.ModalityAlignment` over its modality features. What training needs (batch
+size, learning rates, patience, ...) is in :class:`deepalign.training.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,119 +26,96 @@ from deepalign._checks import (
     check_shape,
     check_tensor,
 )
-from deepalign.alignment import PRIVATE_MODES, PROJECTIONS, ModalityAlignment, parse_spec
+from deepalign.alignment import (
+    ESTIMATORS,
+    PRIVATE_MODES,
+    PROJECTIONS,
+    ModalityAlignment,
+    parse_spec,
+)
 from deepalign.text import load_text_encoder, text_width
+
+if TYPE_CHECKING:
+    from deepalign.training import TrainConfig
 
 __all__ = ["ALIGN_ON", "PRESETS", "TEXT_MODES", "TEXT_POOLING", "MSAConfig", "MultiTaskMSA"]
 
 TEXT_MODES = ("bert", "features")
 TEXT_POOLING = ("cls", "mean")
 ALIGN_ON = ("encoder", "post")
+MODALITIES = ("text", "audio", "vision")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The field defaults of MSAConfig are MOSI's.
     "mosi": {},
     "mosei": {
-        "batch_size": 32,
-        "lr_bert": 5e-5,
-        "lr_audio": 5e-3,
-        "lr_video": 1e-4,
-        "lr_other": 1e-3,
-        "weight_decay_bert": 1e-3,
-        "weight_decay_audio": 0.0,
-        "weight_decay_video": 0.0,
-        "weight_decay_other": 1e-2,
         "audio_hidden": 16,
-        "video_hidden": 32,
+        "vision_hidden": 32,
         "audio_out": 16,
-        "video_out": 32,
+        "vision_out": 32,
         "post_fusion_dim": 128,
         "post_text_dim": 32,
         "post_audio_dim": 16,
-        "post_video_dim": 32,
+        "post_vision_dim": 32,
         "post_fusion_dropout": 0.1,
         "post_text_dropout": 0.0,
         "post_audio_dropout": 0.0,
-        "post_video_dropout": 0.0,
-        "H": 3.0,
+        "post_vision_dropout": 0.0,
         "feature_dims": (768, 74, 35),
         "text_encoder": "bert-base-uncased",
     },
     "sims": {
-        "batch_size": 32,
-        "lr_bert": 5e-5,
-        "lr_audio": 5e-3,
-        "lr_video": 5e-3,
-        "lr_other": 1e-3,
-        "weight_decay_bert": 1e-3,
-        "weight_decay_audio": 1e-2,
-        "weight_decay_video": 1e-2,
-        "weight_decay_other": 1e-3,
         "audio_hidden": 16,
-        "video_hidden": 64,
+        "vision_hidden": 64,
         "audio_out": 16,
-        "video_out": 32,
+        "vision_out": 32,
         "post_fusion_dim": 128,
         "post_text_dim": 64,
         "post_audio_dim": 16,
-        "post_video_dim": 32,
+        "post_vision_dim": 32,
         "post_fusion_dropout": 0.0,
         "post_text_dropout": 0.1,
         "post_audio_dropout": 0.1,
-        "post_video_dropout": 0.0,
-        "H": 1.0,
+        "post_vision_dropout": 0.0,
         "feature_dims": (768, 33, 709),
         "text_encoder": "bert-base-chinese",
     },
 }
-"""Dataset name -> the fields :meth:`MSAConfig.preset` sets (MMSA's published Self-MM values)."""
+"""Dataset name -> the fields :meth:`~deepalign.MSAConfig.preset` sets (MMSA's Self-MM values)."""
 
 _WIDTH_FIELDS = (
     "audio_hidden",
-    "video_hidden",
+    "vision_hidden",
     "audio_out",
-    "video_out",
+    "vision_out",
     "post_fusion_dim",
     "post_text_dim",
     "post_audio_dim",
-    "post_video_dim",
-    "batch_size",
-    "patience",
+    "post_vision_dim",
 )
 _DROPOUT_FIELDS = (
     "audio_lstm_dropout",
-    "video_lstm_dropout",
+    "vision_lstm_dropout",
     "post_fusion_dropout",
     "post_text_dropout",
     "post_audio_dropout",
-    "post_video_dropout",
+    "post_vision_dropout",
     "fusion_modality_dropout",
-)
-_NON_NEGATIVE_FIELDS = (
-    "lr_bert",
-    "lr_audio",
-    "lr_video",
-    "lr_other",
-    "weight_decay_bert",
-    "weight_decay_audio",
-    "weight_decay_video",
-    "weight_decay_other",
-    "H",
 )
 _NO_DECAY = ("bias", "LayerNorm")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MSAConfig:
-    """Hyperparameters of :class:`MultiTaskMSA` and its training (defaults: the MOSI preset).
+    """Hyperparameters of :class:`MultiTaskMSA` (defaults: the MOSI preset); immutable.
 
     Build one with :meth:`preset`; every field can be overridden there. The values are those of
-    MMSA's published Self-MM configuration ([Mao2022]_, [Yu2021]_). The training fields
-    (``batch_size``, learning rates, weight decays, ``patience``, ``H``) are read by the trainer
-    and by :meth:`MultiTaskMSA.parameter_groups`; the model itself ignores them.
+    MMSA's published Self-MM configuration ([Mao2022]_, [Yu2021]_). The config is frozen: change
+    a field with :func:`dataclasses.replace`, which validates the result as the constructor
+    does. The training hyperparameters are in :class:`deepalign.training.TrainConfig`.
 
     Attributes:
-        feature_dims: input widths ``(text, audio, video)``. The text width is used only when
+        feature_dims: input widths ``(text, audio, vision)``. The text width is used only when
             ``text_mode="features"``; with ``"bert"`` it is read from the encoder's config.
         text_mode: ``"bert"`` (run :attr:`text_encoder` on token ids) or ``"features"``
             (pre-extracted ``(B, L, d_t)`` features; the first position is the text feature).
@@ -146,17 +125,18 @@ class MSAConfig:
             fallback (a sentence-transformers model whose first token was never trained as a
             sentence summary).
         text_encoder: directory or hub id for :func:`deepalign.text.load_text_encoder`.
-        finetune_text: train the text encoder (``True``) or freeze it and run it without
-            gradient.
-        audio_hidden, video_hidden: LSTM hidden sizes.
-        audio_out, video_out: widths of the audio and video features (Eq. 2–3).
-        audio_lstm_dropout, video_lstm_dropout: dropout between LSTM state and output layer.
-        post_fusion_dim, post_text_dim, post_audio_dim, post_video_dim: widths of the post-layer
-            features (Eq. 5 and 7).
-        post_fusion_dropout, post_text_dropout, post_audio_dropout, post_video_dropout: dropout
-            before each post layer.
+        finetune_text: train the text encoder (``True``) or freeze it: a frozen encoder runs
+            without gradient and always in evaluation mode (no dropout), so it is a fixed
+            function of the tokens and the trainer may cache its output.
+        audio_hidden, vision_hidden: LSTM hidden sizes.
+        audio_out, vision_out: widths of the audio and vision features (Eq. 2–3).
+        audio_lstm_dropout, vision_lstm_dropout: dropout between LSTM state and output layer.
+        post_fusion_dim, post_text_dim, post_audio_dim, post_vision_dim: widths of the
+            post-layer features (Eq. 5 and 7).
+        post_fusion_dropout, post_text_dropout, post_audio_dropout, post_vision_dropout:
+            dropout before each post layer.
         fusion_modality_dropout: in training, the probability with which the audio feature
-            and, independently, the video feature of a sample are zeroed in the fusion input
+            and, independently, the vision feature of a sample are zeroed in the fusion input
             (kept ones scaled by :math:`1/(1-p)`, as dropout does); the unimodal branches still
             see them. Modality dropout [Neverova2016]_ keeps the fusion from leaning on one
             modality; 0 (the default, Self-MM) disables it.
@@ -168,24 +148,26 @@ class MSAConfig:
         align_projection: ``"fixed"`` (orthonormal, not learned) or ``"learned"``.
         align_private: penalty of ``+`` terms, ``"bounded"`` or ``"negated"`` (see
             :class:`~deepalign.ModalityAlignment`).
-        batch_size: training batch size.
-        lr_bert, lr_audio, lr_video, lr_other: Adam learning rates per parameter group.
-        weight_decay_bert, weight_decay_audio, weight_decay_video, weight_decay_other: Adam
-            weight decays per group (BERT biases and LayerNorm weights always get 0).
-        patience: early stopping after this many epochs without a better validation loss.
-        H: bound of the generated unimodal labels (:class:`deepalign.ULGM`'s ``H``).
+        align_estimator: estimator of the alignment terms, one of
+            ``deepalign.alignment.ESTIMATORS`` (see :class:`~deepalign.ModalityAlignment`).
 
     Raises:
-        ValueError: from ``__post_init__`` for an unknown ``text_mode``, ``align_on``,
-            ``align_projection`` or ``align_private``, a non-positive width, a dropout outside
-            ``[0, 1]``, a negative rate, or a non-finite ``alignment_weight``.
-        TypeError: if ``alignment`` is neither a str nor ``None``.
+        ValueError: from ``__post_init__`` (also under :func:`dataclasses.replace`) for an
+            unknown ``text_mode``, ``text_pooling``, ``align_on``, ``align_projection``,
+            ``align_private`` or ``align_estimator``, a malformed ``alignment`` spec, a
+            non-positive width, a dropout outside ``[0, 1]`` or a non-finite
+            ``alignment_weight``.
+        TypeError: for a field of the wrong type (e.g. ``alignment`` neither a str nor
+            ``None``, a width that is not an int).
 
     Example:
-        >>> from deepalign import MSAConfig, MultiTaskMSA
+        >>> import dataclasses
+        >>> from deepalign import MSAConfig
         >>> config = MSAConfig.preset("sims", alignment="V-A")
-        >>> config.feature_dims, config.text_encoder, config.H, config.alignment
-        ((768, 33, 709), 'bert-base-chinese', 1.0, 'V-A')
+        >>> config.feature_dims, config.text_encoder, config.vision_hidden, config.alignment
+        ((768, 33, 709), 'bert-base-chinese', 64, 'V-A')
+        >>> dataclasses.replace(config, align_on="post").align_on
+        'post'
     """
 
     feature_dims: tuple[int, int, int] = (768, 5, 20)
@@ -194,19 +176,19 @@ class MSAConfig:
     text_encoder: str = "bert-base-uncased"
     finetune_text: bool = True
     audio_hidden: int = 16
-    video_hidden: int = 32
+    vision_hidden: int = 32
     audio_out: int = 16
-    video_out: int = 32
+    vision_out: int = 32
     audio_lstm_dropout: float = 0.0
-    video_lstm_dropout: float = 0.0
+    vision_lstm_dropout: float = 0.0
     post_fusion_dim: int = 128
     post_text_dim: int = 32
     post_audio_dim: int = 16
-    post_video_dim: int = 32
+    post_vision_dim: int = 32
     post_fusion_dropout: float = 0.0
     post_text_dropout: float = 0.1
     post_audio_dropout: float = 0.1
-    post_video_dropout: float = 0.0
+    post_vision_dropout: float = 0.0
     fusion_modality_dropout: float = 0.0
     alignment: str | None = None
     alignment_weight: float = 1.0
@@ -214,30 +196,35 @@ class MSAConfig:
     align_dim: int | None = None
     align_projection: str = "fixed"
     align_private: str = "bounded"
-    batch_size: int = 16
-    lr_bert: float = 5e-5
-    lr_audio: float = 5e-3
-    lr_video: float = 5e-3
-    lr_other: float = 1e-3
-    weight_decay_bert: float = 1e-3
-    weight_decay_audio: float = 1e-3
-    weight_decay_video: float = 1e-3
-    weight_decay_other: float = 1e-3
-    patience: int = 8
-    H: float = 3.0
+    align_estimator: str = "plugin"
 
     def __post_init__(self) -> None:
-        self.feature_dims = tuple(self.feature_dims)
+        if not isinstance(self.feature_dims, tuple | list):
+            raise TypeError(
+                f"feature_dims: expected a (text, audio, vision) tuple of ints, "
+                f"got {type(self.feature_dims).__name__}"
+            )
+        object.__setattr__(self, "feature_dims", tuple(self.feature_dims))
         check_choice(self.text_mode, "text_mode", TEXT_MODES)
         check_choice(self.text_pooling, "text_pooling", TEXT_POOLING)
         check_choice(self.align_on, "align_on", ALIGN_ON)
         check_choice(self.align_projection, "align_projection", PROJECTIONS)
         check_choice(self.align_private, "align_private", PRIVATE_MODES)
+        check_choice(self.align_estimator, "align_estimator", ESTIMATORS)
+        if not isinstance(self.text_encoder, str):
+            raise TypeError(
+                f"text_encoder: expected a directory or hub id (str), "
+                f"got {type(self.text_encoder).__name__}"
+            )
+        if not isinstance(self.finetune_text, bool):
+            raise TypeError(
+                f"finetune_text: expected a bool, got {type(self.finetune_text).__name__}"
+            )
         if len(self.feature_dims) != 3:
             raise ValueError(
-                f"feature_dims: expected (text, audio, video) widths, got {self.feature_dims!r}"
+                f"feature_dims: expected (text, audio, vision) widths, got {self.feature_dims!r}"
             )
-        for name, value in zip(("text", "audio", "video"), self.feature_dims, strict=True):
+        for name, value in zip(MODALITIES, self.feature_dims, strict=True):
             check_positive_int(value, f"feature_dims ({name})")
         for name in _WIDTH_FIELDS:
             check_positive_int(getattr(self, name), name)
@@ -245,21 +232,29 @@ class MSAConfig:
             check_positive_int(self.align_dim, "align_dim")
         for name in _DROPOUT_FIELDS:
             check_in_range(getattr(self, name), name, 0.0, 1.0)
-        for name in _NON_NEGATIVE_FIELDS:
-            check_in_range(getattr(self, name), name, 0.0)
-        if self.alignment is not None and not isinstance(self.alignment, str):
+        weight = self.alignment_weight
+        if not isinstance(weight, int | float) or isinstance(weight, bool):
             raise TypeError(
-                f"alignment: expected a Table II spec such as 'V-A', or None; "
-                f"got {self.alignment!r}"
+                f"alignment_weight: expected a real number, got {type(weight).__name__}"
             )
-        if not math.isfinite(self.alignment_weight):
+        if not math.isfinite(weight):
             raise ValueError(
                 f"alignment_weight: expected a finite number, got {self.alignment_weight!r}"
             )
+        if self.alignment is not None:
+            if not isinstance(self.alignment, str):
+                raise TypeError(
+                    f"alignment: expected a Table II spec such as 'V-A', or None; "
+                    f"got {self.alignment!r}"
+                )
+            try:
+                parse_spec(self.alignment, MODALITIES)
+            except ValueError as error:
+                raise ValueError(f"alignment: {error}") from None
 
     @classmethod
     def preset(cls, dataset: str, **overrides: Any) -> MSAConfig:
-        """The published Self-MM configuration of ``dataset``, with ``overrides`` applied.
+        """The published Self-MM model configuration of ``dataset``, with ``overrides`` applied.
 
         Args:
             dataset: ``"mosi"``, ``"mosei"`` or ``"sims"`` (case-insensitive).
@@ -274,19 +269,24 @@ class MSAConfig:
 
         Example:
             >>> from deepalign import MSAConfig
-            >>> MSAConfig.preset("mosei", batch_size=8).batch_size
+            >>> MSAConfig.preset("mosei", vision_out=8).vision_out
             8
         """
-        key = dataset.lower() if isinstance(dataset, str) else dataset
-        if key not in PRESETS:
-            raise ValueError(f"dataset: expected one of {sorted(PRESETS)}, got {dataset!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise TypeError(
-                f"overrides: unknown MSAConfig fields {unknown}; expected some of {sorted(names)}"
-            )
-        return cls(**{**PRESETS[key], **overrides})
+        return _preset(cls, PRESETS, dataset, overrides)
+
+
+def _preset(cls: type, presets: dict[str, dict[str, Any]], dataset: object, overrides: dict) -> Any:
+    """``cls(**presets[dataset], **overrides)`` with errors that name what is valid."""
+    key = dataset.lower() if isinstance(dataset, str) else dataset
+    if key not in presets:
+        raise ValueError(f"dataset: expected one of {sorted(presets)}, got {dataset!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(
+            f"overrides: unknown {cls.__name__} fields {unknown}; expected some of {sorted(names)}"
+        )
+    return cls(**{**presets[key], **overrides})
 
 
 class SequenceEncoder(nn.Module):
@@ -372,7 +372,7 @@ class MultiTaskMSA(nn.Module):
       features :math:`F_f^*, F_t^*, F_a^*, F_v^*` (Eq. 5 and 7; after the ReLU), widths
       ``post_fusion_dim``, ``post_text_dim``, ... These are what the ULGM uses.
     - ``"Encoder_t"``, ``"Encoder_a"``, ``"Encoder_v"``: the modality features
-      :math:`F_t, F_a, F_v` of Eq. 1–3, widths text width, ``audio_out``, ``video_out``.
+      :math:`F_t, F_a, F_v` of Eq. 1–3, widths text width, ``audio_out``, ``vision_out``.
 
     **Alignment.** With ``config.alignment`` set, the model owns :attr:`alignment`, a
     :class:`~deepalign.ModalityAlignment` over the features ``text``/``audio``/``vision``, and
@@ -386,6 +386,11 @@ class MultiTaskMSA(nn.Module):
     post-layer features are ReLU outputs that the ULGM measures distances on, which alignment
     would couple to the label generation. ``align_on="post"`` aligns :math:`F_s^*` instead.
 
+    **A frozen text encoder** (``finetune_text=False``) runs without gradient and stays in
+    evaluation mode whatever :meth:`train` says, so :math:`F_t` is a fixed function of the
+    tokens: :meth:`encode_text` computes it, and ``forward(None, ..., text_features=F_t)`` runs
+    the rest of the network on it (the trainer's cache, :doc:`/training`).
+
     Args:
         config: the hyperparameters.
         text_encoder: an already loaded encoder for ``text_mode="bert"``; default ``None``
@@ -394,7 +399,10 @@ class MultiTaskMSA(nn.Module):
 
     Shape:
         - text: ``(B, 3, L)`` token ids, attention mask and segment ids (any numeric dtype;
-          cast to int64) in ``"bert"`` mode; ``(B, L, d_t)`` features in ``"features"`` mode.
+          cast to int64; on the CPU or the model's device: ids on the CPU are trimmed there,
+          without a host synchronisation, and then moved) in ``"bert"`` mode; ``(B, L, d_t)``
+          features in ``"features"`` mode;
+          ``None`` when ``text_features`` (:math:`(B, d_t)`, :meth:`encode_text`) is given.
         - audio: :math:`(B, L_a, d_a)`; audio_lengths: :math:`(B,)` whole numbers in
           :math:`[0, L_a]` (0 is read as 1).
         - vision: :math:`(B, L_v, d_v)`; vision_lengths: :math:`(B,)`.
@@ -436,23 +444,40 @@ class MultiTaskMSA(nn.Module):
         self.text_dim = (
             config.feature_dims[0] if self.text_encoder is None else text_width(self.text_encoder)
         )
-        _, audio_dim, video_dim = config.feature_dims
+        _, audio_dim, vision_dim = config.feature_dims
         self.audio_encoder = SequenceEncoder(
             audio_dim, config.audio_hidden, config.audio_out, config.audio_lstm_dropout
         )
-        self.video_encoder = SequenceEncoder(
-            video_dim, config.video_hidden, config.video_out, config.video_lstm_dropout
+        self.vision_encoder = SequenceEncoder(
+            vision_dim, config.vision_hidden, config.vision_out, config.vision_lstm_dropout
         )
-        fused = self.text_dim + config.audio_out + config.video_out
+        fused = self.text_dim + config.audio_out + config.vision_out
         self.fusion_head = PostHead(fused, config.post_fusion_dim, config.post_fusion_dropout)
         self.text_head = PostHead(self.text_dim, config.post_text_dim, config.post_text_dropout)
         self.audio_head = PostHead(
             config.audio_out, config.post_audio_dim, config.post_audio_dropout
         )
-        self.video_head = PostHead(
-            config.video_out, config.post_video_dim, config.post_video_dropout
+        self.vision_head = PostHead(
+            config.vision_out, config.post_vision_dim, config.post_vision_dropout
         )
         self.alignment = self._build_alignment(config)
+        self.train()
+
+    @property
+    def text_frozen(self) -> bool:
+        """Whether a text encoder runs and is frozen (``text_mode="bert"``, no fine-tuning).
+
+        Its output is then a fixed function of the tokens: :meth:`encode_text` may be computed
+        once and passed to :meth:`forward` as ``text_features``.
+        """
+        return self.text_encoder is not None and not self.config.finetune_text
+
+    def train(self, mode: bool = True) -> MultiTaskMSA:
+        """As :meth:`torch.nn.Module.train`, but a frozen text encoder stays in eval mode."""
+        super().train(mode)
+        if self.text_frozen:
+            self.text_encoder.eval()
+        return self
 
     @staticmethod
     def _build_text_encoder(config: MSAConfig, encoder: nn.Module | None) -> nn.Module | None:
@@ -470,11 +495,11 @@ class MultiTaskMSA(nn.Module):
         """Widths of the features ``align_on`` selects, by ModalityAlignment's names."""
         config = self.config
         if config.align_on == "encoder":
-            return {"text": self.text_dim, "audio": config.audio_out, "vision": config.video_out}
+            return {"text": self.text_dim, "audio": config.audio_out, "vision": config.vision_out}
         return {
             "text": config.post_text_dim,
             "audio": config.post_audio_dim,
-            "vision": config.post_video_dim,
+            "vision": config.post_vision_dim,
         }
 
     def _build_alignment(self, config: MSAConfig) -> ModalityAlignment | None:
@@ -493,29 +518,36 @@ class MultiTaskMSA(nn.Module):
             projection=config.align_projection,
             private=config.align_private,
             weight=config.alignment_weight,
+            estimator=config.align_estimator,
         )
 
     def forward(
         self,
-        text: torch.Tensor,
+        text: torch.Tensor | None,
         audio: torch.Tensor,
         audio_lengths: torch.Tensor,
         vision: torch.Tensor,
         vision_lengths: torch.Tensor,
+        *,
+        text_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run the network (Eq. 1–8); shapes and the output dict are in the class docstring."""
-        batch = self._text_batch(text)
-        _, audio_dim, video_dim = self.config.feature_dims
+        """Run the network (Eq. 1–8); shapes and the output dict are in the class docstring.
+
+        ``text_features`` (with ``text=None``) replaces the text encoder by its output
+        :math:`F_t`, as :meth:`encode_text` returns it.
+        """
+        batch = self._text_batch(text, text_features)
+        _, audio_dim, vision_dim = self.config.feature_dims
         audio_lengths = _check_sequence(audio, audio_lengths, "audio", batch, audio_dim)
-        vision_lengths = _check_sequence(vision, vision_lengths, "vision", batch, video_dim)
-        t = self._text_feature(text)
+        vision_lengths = _check_sequence(vision, vision_lengths, "vision", batch, vision_dim)
+        t = self._text_feature(text) if text_features is None else text_features
         a = self.audio_encoder(audio, audio_lengths)
-        v = self.video_encoder(vision, vision_lengths)
+        v = self.vision_encoder(vision, vision_lengths)
         fused = torch.cat([t, self._drop_modality(a), self._drop_modality(v)], dim=-1)
         feature_f, y_m = self.fusion_head(fused)
         feature_t, y_t = self.text_head(t)
         feature_a, y_a = self.audio_head(a)
-        feature_v, y_v = self.video_head(v)
+        feature_v, y_v = self.vision_head(v)
         return {
             "M": y_m,
             "T": y_t,
@@ -530,6 +562,43 @@ class MultiTaskMSA(nn.Module):
             "Encoder_v": v,
         }
 
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        r"""The text feature :math:`F_t` of Eq. 1 (what :meth:`forward` feeds its heads).
+
+        In ``"bert"`` mode the encoder's pooled last layer (``text_pooling``), with gradient
+        only when the encoder is fine-tuned; in ``"features"`` mode the first position.
+
+        Args:
+            text: as :meth:`forward` takes it.
+
+        Returns:
+            :math:`F_t`, to pass back as ``forward(None, ..., text_features=...)``.
+
+        Shape:
+            - text: ``(B, 3, L)`` token ids, mask and segment ids, or ``(B, L, d_t)`` features.
+            - output: :math:`(B, d_t)`.
+
+        Raises:
+            TypeError: if ``text`` is not a tensor.
+            ValueError: if ``text`` has the wrong shape for the text mode.
+
+        Example:
+            >>> import torch
+            >>> from deepalign import MSAConfig, MultiTaskMSA
+            >>> config = MSAConfig.preset("mosi", text_mode="features", feature_dims=(8, 5, 20))
+            >>> model = MultiTaskMSA(config).eval()
+            >>> text, audio = torch.randn(3, 4, 8), torch.randn(3, 6, 5)
+            >>> vision, lengths = torch.randn(3, 6, 20), torch.tensor([6, 4, 2])
+            >>> cached = model.encode_text(text)
+            >>> tuple(cached.shape)
+            (3, 8)
+            >>> same = model(None, audio, lengths, vision, lengths, text_features=cached)["M"]
+            >>> torch.equal(same, model(text, audio, lengths, vision, lengths)["M"])
+            True
+        """
+        self._text_batch(text, None)
+        return self._text_feature(text)
+
     def _drop_modality(self, x: torch.Tensor) -> torch.Tensor:
         """Zero whole samples of ``x`` with probability ``fusion_modality_dropout``."""
         p = self.config.fusion_modality_dropout
@@ -537,8 +606,14 @@ class MultiTaskMSA(nn.Module):
             return x
         return x * nn.functional.dropout(x.new_ones(x.shape[0], 1), p, training=True)
 
-    def _text_batch(self, text: object) -> int:
-        """Check ``text`` against the text mode; return the batch size."""
+    def _text_batch(self, text: object, text_features: object) -> int:
+        """Check ``text`` (or ``text_features``) against the text mode; return the batch size."""
+        if text_features is not None:
+            if text is not None:
+                raise ValueError("text: expected None when text_features is given, got a tensor")
+            features = check_tensor(text_features, "text_features")
+            check_shape(features, "text_features", ("B", self.text_dim))
+            return features.shape[0]
         if not isinstance(text, torch.Tensor):
             raise TypeError(f"text: expected a torch.Tensor, got {type(text).__name__}")
         if self.text_encoder is None:
@@ -553,7 +628,10 @@ class MultiTaskMSA(nn.Module):
         the attention mask (``text_pooling="mean"``); in features mode, the first position."""
         if self.text_encoder is None:
             return text[:, 0]
-        ids, mask, segments = _trim_padding(text.long()).unbind(dim=1)
+        # Trimmed where the ids are: on the CPU (as the trainer passes them) it costs no host
+        # synchronisation, and only the kept positions are copied to the model's device.
+        tokens = _trim_padding(text.long()).to(self.text_head.post.weight.device)
+        ids, mask, segments = tokens.unbind(dim=1)
         with torch.set_grad_enabled(self.config.finetune_text and torch.is_grad_enabled()):
             hidden = self.text_encoder(
                 input_ids=ids, attention_mask=mask, token_type_ids=segments
@@ -570,16 +648,17 @@ class MultiTaskMSA(nn.Module):
 
         .. math::
 
-            \mathcal{L}_\text{align} = w \sum_\text{terms} \theta_\text{term}
+            \mathcal{L}_\text{align} = w \sum_\text{terms} \phi(\theta_\text{term})
 
-        with :math:`w` = ``alignment_weight`` and the terms of ``config.alignment`` (see
-        :class:`~deepalign.ModalityAlignment`), on the features chosen by ``align_on``. Without
-        a configured alignment it is a zero scalar (and no terms).
+        with :math:`w` = ``alignment_weight``, the terms of ``config.alignment`` and
+        :math:`\phi` the identity for a ``-`` term and the ``align_private`` penalty for a
+        ``+`` term (see :class:`~deepalign.ModalityAlignment`), on the features chosen by
+        ``align_on``. Without a configured alignment it is a zero scalar (and no terms).
 
         Args:
             outputs: the dict returned by :meth:`forward`.
-            return_terms: also return the unweighted terms, detached, for logging.
-                Default: ``False``.
+            return_terms: also return each term's contribution :math:`w\,\phi(\theta)`,
+                detached, for logging (they add up to the loss). Default: ``False``.
 
         Returns:
             The loss, a scalar; with ``return_terms``, ``(loss, {term: value})``.
@@ -601,64 +680,102 @@ class MultiTaskMSA(nn.Module):
             >>> out = model(torch.randn(6, 3, 8), torch.randn(6, 4, 5), torch.full((6,), 4),
             ...             torch.randn(6, 4, 20), torch.full((6,), 4))
             >>> loss, terms = model.alignment_loss(out, return_terms=True)
-            >>> loss.shape, sorted(terms), bool(loss >= 0)
+            >>> loss.shape, sorted(terms), bool(torch.isclose(terms["vision-audio"], loss))
             (torch.Size([]), ['vision-audio'], True)
         """
         if self.alignment is None:
             zero = outputs["M"].new_zeros(())
             return (zero, {}) if return_terms else zero
-        keys = _ALIGN_KEYS[self.config.align_on]
-        features = {name: outputs[key] for name, key in keys.items()}
-        return self.alignment(features, return_terms=return_terms)
+        return self.alignment(self._aligned_features(outputs), return_terms=return_terms)
 
-    def parameter_groups(self, config: MSAConfig | None = None) -> list[dict[str, Any]]:
+    def alignment_diagnostics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Each alignment term's plug-in and unbiased value, sampling floor and scales.
+
+        :meth:`ModalityAlignment.diagnostics <deepalign.ModalityAlignment.diagnostics>` on the
+        features ``align_on`` selects (:doc:`/estimators`), without gradient; empty without a
+        configured alignment. The trainer logs them every epoch.
+
+        Args:
+            outputs: the dict returned by :meth:`forward`.
+
+        Returns:
+            term -> :class:`~deepalign.functional.AlignmentDiagnostics`.
+
+        Example:
+            >>> import torch
+            >>> from deepalign import MSAConfig, MultiTaskMSA
+            >>> config = MSAConfig.preset("mosi", text_mode="features", feature_dims=(8, 5, 20),
+            ...                           alignment="V-A")
+            >>> model = MultiTaskMSA(config)
+            >>> out = model(torch.randn(6, 3, 8), torch.randn(6, 4, 5), torch.full((6,), 4),
+            ...             torch.randn(6, 4, 20), torch.full((6,), 4))
+            >>> d = model.alignment_diagnostics(out)["vision-audio"]
+            >>> bool(torch.isclose(d.plugin - d.unbiased, d.floor))
+            True
+        """
+        if self.alignment is None:
+            return {}
+        return self.alignment.diagnostics(self._aligned_features(outputs))
+
+    def _aligned_features(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        keys = _ALIGN_KEYS[self.config.align_on]
+        return {name: outputs[key] for name, key in keys.items()}
+
+    def parameter_groups(self, train_config: TrainConfig) -> list[dict[str, Any]]:
         """Adam parameter groups with per-group learning rate and weight decay (Self-MM's).
 
-        ========================  =====================  ========================
+        ========================  =====================  ==========================
         group                     learning rate          weight decay
-        ========================  =====================  ========================
-        ``text_decay``            ``lr_bert``            ``weight_decay_bert``
-        ``text_no_decay``         ``lr_bert``            0 (names with ``bias``/``LayerNorm``)
+        ========================  =====================  ==========================
+        ``text_decay``            ``lr_text``            ``weight_decay_text``
+        ``text_no_decay``         ``lr_text``            0 (names with ``bias``/``LayerNorm``)
         ``audio``                 ``lr_audio``           ``weight_decay_audio``
-        ``video``                 ``lr_video``           ``weight_decay_video``
+        ``vision``                ``lr_vision``          ``weight_decay_vision``
         ``other``                 ``lr_other``           ``weight_decay_other``
-        ========================  =====================  ========================
+        ========================  =====================  ==========================
 
-        The audio and video groups are the sequence encoders (LSTM and output layer); ``other``
-        is the heads and any learned alignment projection. Frozen parameters
+        The audio and vision groups are the sequence encoders (LSTM and output layer);
+        ``other`` is the heads and any learned alignment projection. Frozen parameters
         (``finetune_text=False``) and empty groups are left out.
 
         Args:
-            config: where to read the rates; default ``None`` uses the model's own config.
+            train_config: where to read the rates, a
+                :class:`~deepalign.training.TrainConfig`.
 
         Returns:
             A list of dicts with keys ``name``, ``params``, ``lr``, ``weight_decay``, ready for
             :class:`torch.optim.Adam`.
 
         Raises:
-            TypeError: if ``config`` is neither ``None`` nor an :class:`MSAConfig`.
+            TypeError: if ``train_config`` is not a :class:`~deepalign.training.TrainConfig`.
 
         Example:
             >>> from deepalign import MSAConfig, MultiTaskMSA
+            >>> from deepalign.training import TrainConfig
             >>> config = MSAConfig.preset("mosei", text_mode="features", feature_dims=(8, 74, 35))
-            >>> groups = MultiTaskMSA(config).parameter_groups()
+            >>> groups = MultiTaskMSA(config).parameter_groups(TrainConfig.preset("mosei"))
             >>> [(g["name"], g["lr"], g["weight_decay"]) for g in groups]
-            [('audio', 0.005, 0.0), ('video', 0.0001, 0.0), ('other', 0.001, 0.01)]
+            [('audio', 0.005, 0.0), ('vision', 0.0001, 0.0), ('other', 0.001, 0.01)]
         """
-        config = self.config if config is None else config
-        if not isinstance(config, MSAConfig):
-            raise TypeError(f"config: expected an MSAConfig or None, got {type(config).__name__}")
+        from deepalign.training import TrainConfig  # deepalign.training imports this module
+
+        if not isinstance(train_config, TrainConfig):
+            raise TypeError(
+                f"train_config: expected a TrainConfig, got {type(train_config).__name__}"
+            )
+        c = train_config
         text = [] if self.text_encoder is None else list(self.text_encoder.named_parameters())
         text_decay, text_no_decay = _split_no_decay(text)
-        encoders = {"text_encoder", "audio_encoder", "video_encoder"}
+        encoders = {"text_encoder", "audio_encoder", "vision_encoder"}
         other = [p for n, p in self.named_parameters() if n.split(".")[0] not in encoders]
-        audio, video = list(self.audio_encoder.parameters()), list(self.video_encoder.parameters())
+        audio = list(self.audio_encoder.parameters())
+        vision = list(self.vision_encoder.parameters())
         groups = [
-            ("text_decay", text_decay, config.lr_bert, config.weight_decay_bert),
-            ("text_no_decay", text_no_decay, config.lr_bert, 0.0),
-            ("audio", audio, config.lr_audio, config.weight_decay_audio),
-            ("video", video, config.lr_video, config.weight_decay_video),
-            ("other", other, config.lr_other, config.weight_decay_other),
+            ("text_decay", text_decay, c.lr_text, c.weight_decay_text),
+            ("text_no_decay", text_no_decay, c.lr_text, 0.0),
+            ("audio", audio, c.lr_audio, c.weight_decay_audio),
+            ("vision", vision, c.lr_vision, c.weight_decay_vision),
+            ("other", other, c.lr_other, c.weight_decay_other),
         ]
         return [
             {"name": name, "params": trainable, "lr": lr, "weight_decay": decay}
@@ -681,7 +798,8 @@ def _trim_padding(tokens: torch.Tensor) -> torch.Tensor:
 
     The encoder's output at the attended tokens does not depend on them (their attention
     weights are exactly zero), and MOSI's utterances fill about a third of the usual 50
-    positions, so this saves most of the encoder's time. One host synchronisation per batch.
+    positions, so this saves most of the encoder's time. It reads one number: a host
+    synchronisation when ``tokens`` is on an accelerator, none on the CPU.
     """
     positions = torch.arange(1, tokens.shape[-1] + 1, device=tokens.device)
     keep = int((tokens[:, 1].any(dim=0) * positions).max())  # 1 + the last attended position

@@ -9,9 +9,12 @@ import torch
 from torch.nn import functional as F
 
 from deepalign import ModalityAlignment, MSAConfig, MultiTaskMSA
+from deepalign.alignment import ESTIMATORS
 from deepalign.model import _trim_padding
+from deepalign.training import TrainConfig
 
-# MMSA's published Self-MM configuration, transcribed independently of deepalign.model.
+# MMSA's published Self-MM configuration, transcribed independently of deepalign.model and
+# deepalign.training (the training half is checked in test_training.py).
 PUBLISHED = {
     "mosi": {
         "batch_size": 16,
@@ -107,17 +110,17 @@ def token_inputs(batch: int, seq_len: int, valid: list[int]) -> torch.Tensor:
 def test_presets_match_the_published_configuration(dataset):
     want = PUBLISHED[dataset]
     c = MSAConfig.preset(dataset.upper())
-    assert c.batch_size == want["batch_size"]
-    assert (c.lr_bert, c.lr_audio, c.lr_video, c.lr_other) == want["lr"]
-    decays = (c.weight_decay_bert, c.weight_decay_audio, c.weight_decay_video)
-    assert (*decays, c.weight_decay_other) == want["weight_decay"]
-    assert (c.audio_hidden, c.video_hidden) == want["hidden"]
-    assert (c.audio_out, c.video_out) == want["out"]
-    assert (c.post_fusion_dim, c.post_text_dim, c.post_audio_dim, c.post_video_dim) == want["post"]
+    assert (c.audio_hidden, c.vision_hidden) == want["hidden"]
+    assert (c.audio_out, c.vision_out) == want["out"]
+    posts = (c.post_fusion_dim, c.post_text_dim, c.post_audio_dim, c.post_vision_dim)
+    assert posts == want["post"]
     dropouts = (c.post_fusion_dropout, c.post_text_dropout, c.post_audio_dropout)
-    assert (*dropouts, c.post_video_dropout) == want["dropout"]
-    assert (c.H, c.feature_dims, c.text_encoder) == (want["H"], want["dims"], want["bert"])
-    assert (c.patience, c.alignment, c.text_mode) == (8, None, "bert")
+    assert (*dropouts, c.post_vision_dropout) == want["dropout"]
+    assert (c.feature_dims, c.text_encoder) == (want["dims"], want["bert"])
+    assert (c.alignment, c.text_mode, c.finetune_text) == (None, "bert", True)
+    assert (c.align_estimator, c.fusion_modality_dropout) == ("plugin", 0.0)
+    model_fields = {f.name for f in dataclasses.fields(MSAConfig)}
+    assert not model_fields & {"batch_size", "patience", "H", "lr_other", "lr_bert"}
 
 
 def test_preset_overrides_and_errors():
@@ -138,15 +141,39 @@ def test_preset_overrides_and_errors():
         ("audio_out", 0, ValueError),
         ("post_text_dropout", 1.5, ValueError),
         ("fusion_modality_dropout", -0.1, ValueError),
-        ("lr_other", -1e-3, ValueError),
+        ("vision_out", 2.5, TypeError),
+        ("align_estimator", "jackknife", ValueError),
         ("feature_dims", (768, 5), ValueError),
+        ("feature_dims", 768, TypeError),
         ("alignment", 3, TypeError),
         ("alignment_weight", float("nan"), ValueError),
+        ("alignment_weight", True, TypeError),
+        ("finetune_text", 1, TypeError),
     ],
 )
 def test_invalid_config_values(field, value, error):
     with pytest.raises(error, match=field):
         MSAConfig(**{field: value})
+    with pytest.raises(error, match=field):  # replace() validates as the constructor does
+        dataclasses.replace(MSAConfig(), **{field: value})
+
+
+def test_config_is_immutable():
+    """Issue 13: ``config.align_on = "Encoder"`` used to pass unchecked and fail much later."""
+    config = MSAConfig.preset("mosi")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.align_on = "Encoder"
+    with pytest.raises(ValueError, match="align_on"):
+        dataclasses.replace(config, align_on="Encoder")
+    changed = dataclasses.replace(config, align_on="post", alignment="V-A")
+    assert (changed.align_on, changed.alignment, config.align_on) == ("post", "V-A", "encoder")
+    assert hash(changed) != hash(config)  # frozen dataclasses hash by value
+
+
+@pytest.mark.parametrize("spec", ["V-X", "V-", "T-V/", "V*A"])
+def test_malformed_alignment_spec_fails_in_the_config(spec):
+    with pytest.raises(ValueError, match=r"^alignment: spec: expected terms|unknown modality"):
+        MSAConfig(alignment=spec)
 
 
 # --- forward --------------------------------------------------------------------------------
@@ -161,10 +188,10 @@ def expected_widths(config: MSAConfig, text_width: int) -> dict[str, int]:
         "Feature_f": config.post_fusion_dim,
         "Feature_t": config.post_text_dim,
         "Feature_a": config.post_audio_dim,
-        "Feature_v": config.post_video_dim,
+        "Feature_v": config.post_vision_dim,
         "Encoder_t": text_width,
         "Encoder_a": config.audio_out,
-        "Encoder_v": config.video_out,
+        "Encoder_v": config.vision_out,
     }
 
 
@@ -228,7 +255,7 @@ def test_forward_matches_an_independent_reference():
             enc = model.audio_encoder
             h_a = lstm_reference(enc.lstm, audio[i, : max(lengths_a[i], 1)])
             a = F.linear(h_a, enc.linear.weight, enc.linear.bias)
-            enc = model.video_encoder
+            enc = model.vision_encoder
             h_v = lstm_reference(enc.lstm, vision[i, : max(lengths_v[i], 1)])
             v = F.linear(h_v, enc.linear.weight, enc.linear.bias)
             t = text[i, 0]
@@ -240,7 +267,7 @@ def test_forward_matches_an_independent_reference():
                 ("f", model.fusion_head, torch.cat([t, a, v])),
                 ("t", model.text_head, t),
                 ("a", model.audio_head, a),
-                ("v", model.video_head, v),
+                ("v", model.vision_head, v),
             ]:
                 feature, prediction = head_reference(head, x)
                 torch.testing.assert_close(got[f"Feature_{key}"], feature, rtol=1e-5, atol=1e-6)
@@ -318,7 +345,7 @@ def test_fusion_modality_dropout_zeroes_whole_modalities_in_training_only():
     out = model.train()(*inputs)
     fused, text = seen[-1], inputs[0][:, 0]
     audio, video = out["Encoder_a"], out["Encoder_v"]
-    a_out, v_out = config.audio_out, config.video_out
+    a_out, v_out = config.audio_out, config.vision_out
     torch.testing.assert_close(fused[:, : config.feature_dims[0]], text)
     for block, full in ((fused[:, -a_out - v_out : -v_out], audio), (fused[:, -v_out:], video)):
         dropped = (block == 0).all(dim=1)
@@ -374,14 +401,15 @@ def test_bert_mode_rejects_feature_input(tiny_bert_dir):
 def test_parameter_groups(tiny_bert_dir, dataset):
     config = MSAConfig.preset(dataset, text_encoder=tiny_bert_dir)
     model = MultiTaskMSA(config)
-    groups = {g["name"]: g for g in model.parameter_groups()}
-    lr_bert, lr_audio, lr_video, lr_other = PUBLISHED[dataset]["lr"]
-    wd_bert, wd_audio, wd_video, wd_other = PUBLISHED[dataset]["weight_decay"]
+    train_config = TrainConfig.preset(dataset)
+    groups = {g["name"]: g for g in model.parameter_groups(train_config)}
+    lr_text, lr_audio, lr_vision, lr_other = PUBLISHED[dataset]["lr"]
+    wd_text, wd_audio, wd_vision, wd_other = PUBLISHED[dataset]["weight_decay"]
     assert {name: (g["lr"], g["weight_decay"]) for name, g in groups.items()} == {
-        "text_decay": (lr_bert, wd_bert),
-        "text_no_decay": (lr_bert, 0.0),
+        "text_decay": (lr_text, wd_text),
+        "text_no_decay": (lr_text, 0.0),
         "audio": (lr_audio, wd_audio),
-        "video": (lr_video, wd_video),
+        "vision": (lr_vision, wd_vision),
         "other": (lr_other, wd_other),
     }
     names = {id(p): n for n, p in model.named_parameters()}
@@ -397,26 +425,90 @@ def test_parameter_groups(tiny_bert_dir, dataset):
         assert "bias" not in n
         assert "LayerNorm" not in n
     assert all(n.startswith("audio_encoder.") for n in grouped["audio"])
+    assert all(n.startswith("vision_encoder.") for n in grouped["vision"])
     assert all("_head." in n for n in grouped["other"])
-    torch.optim.Adam(model.parameter_groups())
+    torch.optim.Adam(model.parameter_groups(train_config))
 
 
 def test_frozen_text_encoder_gets_no_group_and_no_gradient(tiny_bert_dir):
     config = MSAConfig.preset("mosi", text_encoder=tiny_bert_dir, finetune_text=False)
     model = MultiTaskMSA(config)
-    assert [g["name"] for g in model.parameter_groups()] == ["audio", "video", "other"]
+    groups = model.parameter_groups(TrainConfig())
+    assert [g["name"] for g in groups] == ["audio", "vision", "other"]
     out = model(*make_inputs(config, [8, 4], [8, 2], text=token_inputs(2, 6, [6, 3])))
     out["T"].sum().backward()
     assert all(p.grad is None for p in model.text_encoder.parameters())
     assert model.text_head.post.weight.grad is not None
 
 
-def test_parameter_groups_read_another_config():
+@pytest.mark.parametrize("finetune", [True, False])
+def test_text_features_path_equals_the_encoder_path(tiny_bert_dir, finetune):
+    """forward(None, ..., text_features=encode_text(text)) is forward(text, ...), in both
+    modes; a frozen encoder gives it without gradient."""
+    torch.manual_seed(8)
+    config = MSAConfig.preset("mosi", text_encoder=tiny_bert_dir, finetune_text=finetune)
+    model = MultiTaskMSA(config).eval()
+    text = token_inputs(3, 6, [6, 3, 4])
+    _, audio, len_a, vision, len_v = make_inputs(config, [8, 4, 2], [8, 2, 5], text=text)
+    encoded = model.encode_text(text)
+    assert encoded.shape == (3, TINY_BERT_WIDTH)
+    assert encoded.requires_grad == finetune
+    direct = model(text, audio, len_a, vision, len_v)
+    cached = model(None, audio, len_a, vision, len_v, text_features=encoded)
+    for key in direct:
+        torch.testing.assert_close(cached[key], direct[key], rtol=0, atol=0)
+    features = features_config("mosi")
+    plain = MultiTaskMSA(features).eval()
+    inputs = make_inputs(features, [8, 4], [8, 2])
+    torch.testing.assert_close(plain.encode_text(inputs[0]), inputs[0][:, 0])
+
+
+def test_frozen_text_encoder_stays_in_eval_mode(tiny_bert_dir):
+    """Dropout inside a frozen encoder would make F_t random: train() leaves it in eval mode,
+    so two training-mode passes give the same F_t (the premise of the trainer's cache)."""
+    frozen = MultiTaskMSA(MSAConfig.preset("mosi", text_encoder=tiny_bert_dir, finetune_text=False))
+    tuned = MultiTaskMSA(MSAConfig.preset("mosi", text_encoder=tiny_bert_dir))
+    assert frozen.training
+    assert not frozen.text_encoder.training
+    assert frozen.text_head.training
+    assert tuned.text_encoder.training
+    assert (frozen.text_frozen, tuned.text_frozen) == (True, False)
+    frozen.train()
+    text = token_inputs(4, 6, [6, 3, 4, 5])
+    torch.testing.assert_close(frozen.encode_text(text), frozen.encode_text(text), rtol=0, atol=0)
+    tuned.train()
+    assert not torch.equal(tuned.encode_text(text), tuned.encode_text(text))  # dropout 0.1
+    assert not MultiTaskMSA(features_config()).text_frozen
+
+
+def test_text_features_errors():
+    config = features_config("mosi")
+    model = MultiTaskMSA(config)
+    text, audio, len_a, vision, len_v = make_inputs(config, [8, 4], [8, 2])
+    with pytest.raises(ValueError, match="text: expected None when text_features"):
+        model(text, audio, len_a, vision, len_v, text_features=text[:, 0])
+    with pytest.raises(ValueError, match="text_features"):
+        model(None, audio, len_a, vision, len_v, text_features=torch.randn(2, TEXT_WIDTH + 1))
+    with pytest.raises(ValueError, match="text_features"):
+        model(None, audio, len_a, vision, len_v, text_features=torch.randn(2, 1, TEXT_WIDTH))
+    with pytest.raises(ValueError, match=r"audio: expected shape \(3, L, 5\)"):  # batch of 3
+        model(None, audio, len_a, vision, len_v, text_features=torch.randn(3, TEXT_WIDTH))
+    with pytest.raises(TypeError, match="text"):
+        model(None, audio, len_a, vision, len_v)
+
+
+def test_parameter_groups_read_the_train_config():
     model = MultiTaskMSA(features_config("mosi"))
-    other = dataclasses.replace(model.config, lr_other=0.5)
-    assert model.parameter_groups(other)[-1]["lr"] == 0.5
-    with pytest.raises(TypeError, match="config"):
+    groups = model.parameter_groups(TrainConfig(lr_other=0.5, weight_decay_vision=0.25))
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in groups] == [
+        ("audio", 5e-3, 1e-3),
+        ("vision", 5e-3, 0.25),
+        ("other", 0.5, 1e-3),
+    ]
+    with pytest.raises(TypeError, match="train_config: expected a TrainConfig"):
         model.parameter_groups({"lr_other": 0.5})
+    with pytest.raises(TypeError, match="train_config"):
+        model.parameter_groups(model.config)
 
 
 # --- alignment --------------------------------------------------------------------------------
@@ -451,8 +543,11 @@ def test_va_alignment_is_the_covariance_loss_of_the_chosen_features(align_on, pr
     x_a = out[f"{prefix}_a"] @ projections["audio"].weight
     loss, terms = model.alignment_loss(out, return_terms=True)
     expected = coral_reference(x_v, x_a)
-    torch.testing.assert_close(terms["vision-audio"], expected.detach())
-    torch.testing.assert_close(loss, 0.3 * expected)
+    assert expected > 0
+    # theta is small (features of a fresh network): compare relatively, not with an atol.
+    torch.testing.assert_close(loss, 0.3 * expected, rtol=1e-4, atol=0)
+    # The logged term is its contribution to the loss (the weight applied).
+    torch.testing.assert_close(terms["vision-audio"], 0.3 * expected.detach(), rtol=1e-4, atol=0)
 
 
 def test_alignment_on_encoder_features_trains_the_encoders_only():
@@ -463,9 +558,9 @@ def test_alignment_on_encoder_features_trains_the_encoders_only():
     assert torch.isfinite(loss)
     assert loss > 0
     loss.backward()
-    for encoder in (model.audio_encoder, model.video_encoder):
+    for encoder in (model.audio_encoder, model.vision_encoder):
         assert encoder.lstm.weight_ih_l0.grad.abs().sum() > 0
-    heads = (model.fusion_head, model.text_head, model.audio_head, model.video_head)
+    heads = (model.fusion_head, model.text_head, model.audio_head, model.vision_head)
     assert all(p.grad is None for head in heads for p in head.parameters())
 
 
@@ -477,7 +572,7 @@ def test_alignment_on_post_features_trains_the_unimodal_post_layers():
     loss = model.alignment_loss(model(*make_inputs(config, [8, 4, 6, 2], [8, 2, 3, 8])))
     loss.backward()
     assert model.audio_head.post.weight.grad.abs().sum() > 0
-    assert model.video_head.post.weight.grad.abs().sum() > 0
+    assert model.vision_head.post.weight.grad.abs().sum() > 0
     assert model.fusion_head.post.weight.grad is None
 
 
@@ -497,9 +592,10 @@ def test_three_term_alignment_reaches_the_text_encoder(tiny_bert_dir):
     assert grad.abs().sum() > 0
 
 
-def test_unknown_alignment_spec_fails_at_construction():
-    with pytest.raises(ValueError, match="spec"):
-        MultiTaskMSA(features_config("mosi", alignment="V-X"))
+def test_alignment_estimator_reaches_the_module():
+    for estimator in ESTIMATORS:
+        model = MultiTaskMSA(features_config("mosi", alignment="V-A", align_estimator=estimator))
+        assert model.alignment.estimator == estimator
 
 
 @pytest.mark.cuda
