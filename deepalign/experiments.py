@@ -37,7 +37,17 @@ import torch
 import deepalign
 from deepalign import distributed
 from deepalign.alignment import ESTIMATORS, PRIVATE_MODES
-from deepalign.data import MMSADataset, load_mmsa, make_synthetic
+from deepalign.data import (
+    PRESETS as DATA_PRESETS,
+)
+from deepalign.data import (
+    CorruptPickleError,
+    DataFormatError,
+    MMSADataset,
+    UnsafePickleError,
+    load_mmsa,
+    make_synthetic,
+)
 from deepalign.metrics import DATASETS
 from deepalign.model import ALIGN_ON, TEXT_MODES, TEXT_POOLING, MSAConfig, MultiTaskMSA
 from deepalign.stats import PairedDifference, paired_differences
@@ -192,6 +202,7 @@ def run(
     progress: bool = False,
     resume: bool = False,
     data_id: Mapping[str, Any] | None = None,
+    keep_checkpoints: bool = False,
 ) -> RunSummary:
     """Train and test one configuration once per seed.
 
@@ -212,6 +223,9 @@ def run(
         progress: the trainer's progress lines (and bars on a terminal), and one line per run.
         resume: read finished runs and continue unfinished ones (see above).
         data_id: what identifies the data, stored with each run and compared on resume.
+        keep_checkpoints: keep each finished run's checkpoints (the model, best model and
+            optimiser: hundreds of MB with a text encoder); by default they are deleted once
+            the run's ``results.json`` is written, which is all ``resume`` reads of it.
 
     Returns:
         The :class:`RunSummary`.
@@ -226,6 +240,8 @@ def run(
         folder = None if out_dir is None else out_dir / f"seed{seed}" / _slug(name)
         identity = _identity(model_config, train_config, seed, data_id)
         finished = _finished_run(folder, identity) if resume else None
+        if resume and finished is None:
+            _refuse_other_finished_run(folder, identity)
         if progress and distributed.is_main():
             what = "finished, read back" if finished else "training"
             where = f" in {folder}" if folder else ""
@@ -237,8 +253,9 @@ def run(
                 model, splits, train_config, seed=seed, device=device, out_dir=folder,
                 progress=progress, data_id=data_id,
             )  # fmt: skip
+            _share_text_cache(trainer, splits)
             try:
-                result = trainer.fit(resume=resume)
+                result = trainer.fit(resume=resume and folder is not None)
             except ValueError as error:
                 if not resume:
                     raise
@@ -246,6 +263,9 @@ def run(
                     f"--resume: {error}\n(--resume needs the options the runs in {out_dir} were "
                     "started with; without --resume they start afresh)"
                 ) from None
+            if folder is not None and not keep_checkpoints and distributed.is_main():
+                for stale in ("checkpoint.pt", "checkpoint.prev.pt"):
+                    (folder / stale).unlink(missing_ok=True)
             finished = {
                 "best_epoch": result.best_epoch,
                 "epochs": result.epochs,
@@ -293,6 +313,54 @@ def _finished_run(folder: Path | None, identity: Mapping[str, Any]) -> dict[str,
     if not same:
         return None  # the trainer compares the checkpoint and says what differs
     return {**results, "history": history}
+
+
+def _refuse_other_finished_run(folder: Path | None, identity: Mapping[str, Any]) -> None:
+    """A finished run without its checkpoint, made with other options: say what differs."""
+    if folder is None or not (folder / "results.json").is_file():
+        return
+    if any(folder.glob("checkpoint*.pt")):
+        return  # the trainer compares the checkpoint and says what differs
+    try:
+        saved = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return
+    differences = []
+    for part in ("model", "train"):
+        old, new = saved.get(part, {}), identity[part]
+        for key in sorted(set(old) | set(new)):
+            if key not in ("num_workers", "pin_memory") and old.get(key) != new.get(key):
+                differences.append(
+                    f"{part}.{key}: finished run {old.get(key)!r}, now {new.get(key)!r}"
+                )
+    for key in ("seed", "data"):
+        if saved.get(key) != identity[key]:
+            differences.append(f"{key}: finished run {saved.get(key)!r}, now {identity[key]!r}")
+    if differences:
+        raise ConfigError(
+            f"--resume: the finished run in {folder} was made with other options:\n  "
+            + "\n  ".join(differences)
+            + "\n(--resume needs the options the runs were started with; without --resume "
+            "they start afresh)"
+        )
+
+
+#: Frozen text encoders' cached outputs, shared by the runs of one process: (the splits, a
+#: fingerprint of the encoder's weights and pooling) -> split -> features.
+_TEXT_CACHES: dict[tuple[Any, ...], dict[str, torch.Tensor]] = {}
+
+
+def _share_text_cache(trainer: Trainer, splits: Mapping[str, MMSADataset]) -> None:
+    """Let every run of this process on the same splits and the same frozen encoder reuse one
+    text cache: the encoder's output does not depend on the run's seed (it is frozen and run
+    in eval mode), and computing it is most of a frozen run's time."""
+    if not trainer.use_text_cache:
+        return
+    model = trainer.model
+    with torch.no_grad():
+        weights = [p.detach().double().sum().item() for p in model.text_encoder.parameters()]
+    key = (tuple(id(s) for s in splits.values()), model.config.text_pooling, tuple(weights))
+    trainer._text_cache = _TEXT_CACHES.setdefault(key, trainer._text_cache)
 
 
 def _slug(name: str) -> str:
@@ -873,6 +941,12 @@ def _parser(
         help="read the finished runs in --out and continue the unfinished ones",
     )
     runs.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep finished runs' checkpoints (deleted by default: results.json is what "
+        "--resume reads, and a checkpoint with a text encoder is hundreds of MB)",
+    )
+    runs.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke run in seconds: {QUICK_EPOCHS} epochs, batch size {QUICK_BATCH_SIZE}, "
@@ -979,7 +1053,11 @@ def load_data(args: argparse.Namespace, dataset: str) -> LoadedData:
         return LoadedData(splits, True, "synthetic data", tag, data_id)
     if args.n_train is not None:
         raise ConfigError("--n-train: sets the size of synthetic data; it has no use with a file")
-    splits = load_mmsa(path)
+    limit = DATA_PRESETS[dataset].label_limit
+    try:
+        splits = load_mmsa(path, label_range=(-limit, limit))
+    except (DataFormatError, UnsafePickleError, CorruptPickleError) as error:
+        raise ConfigError(f"--data: {error}") from None
     data_id = _file_id(path)
     tag = _slug(path.stem)
     if args.quick:
@@ -1129,7 +1207,9 @@ def _rows(
     rows = []
     for spec in dict.fromkeys(args.specs or TABLE_II):
         for estimator in estimators:
-            name = spec if len(estimators) == 1 else f"{spec} ({estimator})"
+            # The paper's estimator keeps the bare spec as its name (and run folder), so that
+            # adding an estimator later resumes the runs already made.
+            name = spec if estimator == "plugin" else f"{spec} ({estimator})"
             rows.append(
                 (name, dataclasses.replace(config, alignment=spec, align_estimator=estimator))
             )
@@ -1177,7 +1257,7 @@ def _run_all(
     summaries = [
         run(data.splits, config, train_config, seeds=seeds, device=args.device,
             out_dir=out, name=name, progress=progress, resume=args.resume,
-            data_id=data.data_id)
+            data_id=data.data_id, keep_checkpoints=args.keep_checkpoints)
         for name, config in rows
     ]  # fmt: skip
     if distributed.is_main():

@@ -309,6 +309,7 @@ def test_progress_by_default(tmp_path, monkeypatch, capsys):
 
 def test_resume_reads_finished_runs_and_continues_unfinished_ones(tmp_path, monkeypatch, capsys):
     argv = ["--quick", "--baseline", "--seeds", "1", "2", "--out", str(tmp_path)]
+    argv.append("--keep-checkpoints")  # the simulated interruption below needs a checkpoint
     with pytest.warns(UserWarning, match="synthetic"):
         run_example("reproduce_mosi.py", argv, monkeypatch)
     first = json.loads((tmp_path / "results.json").read_text())["runs"]
@@ -328,7 +329,7 @@ def test_resume_reads_finished_runs_and_continues_unfinished_ones(tmp_path, monk
 
 
 def test_resume_with_other_options_is_a_clean_error(tmp_path, monkeypatch, capsys):
-    argv = ["--quick", "--quiet", "--seeds", "1", "--out", str(tmp_path)]
+    argv = ["--quick", "--quiet", "--seeds", "1", "--out", str(tmp_path), "--keep-checkpoints"]
     with pytest.warns(UserWarning, match="synthetic"):
         run_example("reproduce_mosi.py", argv, monkeypatch)
     (tmp_path / "seed1" / "deepalign_V-A" / "results.json").unlink()
@@ -338,6 +339,22 @@ def test_resume_with_other_options_is_a_clean_error(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert "train.patience: checkpoint 8, now 3" in err
     assert "--resume needs the options" in err
+
+
+def test_finished_runs_drop_their_checkpoints_and_resume_with_other_options_is_refused(
+    tmp_path, monkeypatch, capsys
+):
+    argv = ["--quick", "--quiet", "--seeds", "1", "--out", str(tmp_path)]
+    with pytest.warns(UserWarning, match="synthetic"):
+        run_example("reproduce_mosi.py", argv, monkeypatch)
+    run_dir = tmp_path / "seed1" / "deepalign_V-A"
+    assert (run_dir / "results.json").is_file()
+    assert not list(run_dir.glob("checkpoint*.pt"))  # results.json is all --resume needs
+    with pytest.raises(SystemExit) as exit_info, pytest.warns(UserWarning, match="synthetic"):
+        run_example("reproduce_mosi.py", [*argv, "--resume", "--set", "patience=3"], monkeypatch)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "train.patience: finished run 8, now 3" in err
 
 
 @pytest.mark.skipif(not REAL_MOSI.is_file(), reason=f"real data absent: {REAL_MOSI}")

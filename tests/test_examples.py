@@ -116,15 +116,15 @@ def test_ablation_estimators_specs_and_seed_ranges(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "results.json").read_text())
     names = [(r["name"], r["alignment"], r["estimator"], r["seeds"]) for r in record["runs"]]
     assert names == [
-        ("V-A (plugin)", "V-A", "plugin", [5, 6]),
+        ("V-A", "V-A", "plugin", [5, 6]),
         ("V-A (unbiased)", "V-A", "unbiased", [5, 6]),
-        ("T+A (plugin)", "T+A", "plugin", [5, 6]),
+        ("T+A", "T+A", "plugin", [5, 6]),
         ("T+A (unbiased)", "T+A", "unbiased", [5, 6]),
         ("none", None, None, [5, 6]),
     ]
     run = json.loads((tmp_path / "seed6" / "T+A_unbiased" / "run.json").read_text())
     assert (run["model"]["alignment"], run["model"]["align_estimator"]) == ("T+A", "unbiased")
-    assert set(record["paired"]) == {"V-A (plugin)", "V-A (unbiased)", "T+A (plugin)",
+    assert set(record["paired"]) == {"V-A", "V-A (unbiased)", "T+A",
                                      "T+A (unbiased)"}  # fmt: skip
     assert (tmp_path / "paired_differences.png").stat().st_size > 0
 
