@@ -28,7 +28,7 @@ import common
 import torch
 
 from deepalign import ULGM, MSAConfig, MultiTaskMSA
-from deepalign.training import HEADS
+from deepalign.training import HEADS, TrainConfig
 
 BATCHES = (16, 64)
 QUICK_BATCHES = (4,)
@@ -68,8 +68,8 @@ def make_model(alignment: str | None, device: torch.device) -> MultiTaskMSA:
 def make_ulgm(model: MultiTaskMSA, device: torch.device) -> ULGM:
     c = model.config
     dims = {"fusion": c.post_fusion_dim, "text": c.post_text_dim}
-    dims |= {"audio": c.post_audio_dim, "vision": c.post_video_dim}
-    ulgm = ULGM(NUM_SAMPLES, dims, H=c.H)
+    dims |= {"audio": c.post_audio_dim, "vision": c.post_vision_dim}
+    ulgm = ULGM(NUM_SAMPLES, dims, H=TrainConfig.preset("mosi").H)
     generator = common.seed_everything(1)
     ulgm.init_labels(
         torch.arange(NUM_SAMPLES), torch.rand(NUM_SAMPLES, generator=generator) * 6 - 3
@@ -84,7 +84,7 @@ def model_inputs(batch: Batch) -> tuple[torch.Tensor, ...]:
 
 def training_step(variant: str, batch: Batch, device: torch.device) -> Callable[[], object]:
     model = make_model("V-A" if variant == "ulgm_align" else None, device)
-    optimizer = torch.optim.Adam(model.parameter_groups())
+    optimizer = torch.optim.Adam(model.parameter_groups(TrainConfig.preset("mosi")))
     ulgm = None if variant == "bare" else make_ulgm(model, device)
     inputs = model_inputs(batch)
     index = batch["index"]

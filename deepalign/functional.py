@@ -36,6 +36,7 @@ from deepalign.distributed import should_sync
 __all__ = [
     "ESTIMATORS",
     "METHODS",
+    "MIN_ROWS",
     "AlignmentDiagnostics",
     "alignment_diagnostics",
     "coral_transform",
@@ -57,7 +58,9 @@ METHODS = ("auto", "dense", "gram")
 ``"gram"`` with ``N×N`` Gram matrices (:math:`O(N^2d)`, local batches only), ``"auto"``: Gram
 when every pair has :math:`N_m + N_n < d` and nothing is synchronised, else dense."""
 
-_MIN_ROWS = {"plugin": 2, "unbiased": 4}
+MIN_ROWS = {"plugin": 2, "unbiased": 4}
+"""Estimator -> the fewest rows per input it is defined for (per rank's share of the global
+batch under ``sync_dist``: the global count)."""
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -510,7 +513,7 @@ def _pair_estimates(
     missing = [name for name in used if name not in inputs]
     if missing:
         raise ValueError(f"inputs: expected the names of pairs {list(pairs)}, missing {missing}")
-    need = max(_MIN_ROWS[e] for e in estimators)
+    need = max(MIN_ROWS[e] for e in estimators)
     why = " for the unbiased estimator" if need > 2 else ""
     checked = {
         n: _check_features(inputs[n], n, min_rows=0 if group else need, why=why) for n in used

@@ -44,7 +44,7 @@ import deepalign
 from deepalign import distributed
 from deepalign._checks import check_choice, check_in_range, check_positive_int
 from deepalign.data import UNIMODAL_LABEL_KEYS, MMSADataset, collate
-from deepalign.functional import _MIN_ROWS  # the rows each estimator needs
+from deepalign.functional import MIN_ROWS
 from deepalign.metrics import DATASETS, msa_metrics
 from deepalign.model import MultiTaskMSA, _preset
 from deepalign.ulgm import ULGM
@@ -552,7 +552,7 @@ class Trainer:
         batch); the epoch's means then cover the other batches.
         """
         found: dict[str, torch.Tensor] = {}
-        if outputs["M"].shape[0] < _MIN_ROWS["unbiased"]:
+        if outputs["M"].shape[0] < MIN_ROWS["unbiased"]:
             return found
         diagnostics = self.model.alignment_diagnostics(outputs)
         for term, (name, d) in zip(self.model.alignment.terms if diagnostics else (),
@@ -792,7 +792,7 @@ def _min_batch(model: MultiTaskMSA) -> int:
     (a batch of one sample was always dropped)."""
     if model.alignment is None:
         return 2
-    return max(2, _MIN_ROWS[model.config.align_estimator])
+    return max(2, MIN_ROWS[model.config.align_estimator])
 
 
 def _drops_last(samples: int, batch_size: int, min_batch: int) -> bool:
