@@ -106,6 +106,13 @@ def check_shape(x: torch.Tensor, name: str, shape: Sequence[int | str | None]) -
 
     E.g. ``("N", 3)`` for an ``(N, 3)`` tensor.
     """
+    named_sizes = [s for s in shape if s is not None]
+    if (
+        x.dim() == len(shape)
+        and all(isinstance(s, str) for s in named_sizes)
+        and len(set(named_sizes)) == len(named_sizes)
+    ):
+        return  # only free sizes: nothing more to check (the common case, made cheap)
     pattern = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
     if x.dim() != len(shape):
         raise ValueError(

@@ -2,9 +2,10 @@
 
 - :func:`no_autocast` and :func:`centred`: the statistics run in at least float32, centred in
   two passes.
-- :class:`SelfProduct`: :math:`s\\,X^\\top X` with a backward of one ``N×d×d`` product instead
-  of autograd's two, written in differentiable operations so that every higher derivative is
-  exact (``gradgradcheck``), and with a generated vmap rule for :mod:`torch.func`.
+- :class:`Covariance`: :math:`s\\,\\tilde X^\\top\\tilde X` (centring optional) in one node, with a
+  backward of one ``N×d×d`` product instead of autograd's two, written in
+  differentiable operations so that every higher derivative is exact (``gradgradcheck``), and
+  with a generated vmap rule for :mod:`torch.func`.
 
 Everything else (the covariance, the Gram matrices, the estimators, the collectives) is plain
 autograd in :mod:`deepalign.functional`.
@@ -36,31 +37,47 @@ def centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x - x.mean(dim=-2, keepdim=True)
 
 
-class SelfProduct(torch.autograd.Function):
-    r""":math:`P = s\,X^\top X` for a ``(N, d)`` matrix :math:`X` and a Python float :math:`s`.
+class Covariance(torch.autograd.Function):
+    r"""``apply(x, centre, scale)``: :math:`P = s\,\tilde X^\top\tilde X`, and the rows
+    :math:`\tilde X` (not differentiable), with :math:`\tilde X = X` minus its column means when
+    ``centre``, else ``X`` as given (e.g. rows already centred on a global mean).
 
     Autograd through ``X.mT @ X`` runs two ``N×d×d`` products in backward, one per operand;
     both operands are the same tensor, so one suffices:
-    :math:`\partial L/\partial X = s\,X(G + G^\top)` with :math:`G = \partial L/\partial P`.
-    The backward is written in differentiable operations on the saved input, so double
-    backward (gradient penalties, Hessian-vector products, meta-learning) differentiates it
-    exactly; ``generate_vmap_rule`` lets :func:`torch.func.vmap` batch it.
+    :math:`\partial L/\partial X = s\,\tilde X(G + G^\top)` with :math:`G = \partial L/\partial P`
+    (centring needs no extra term: the columns of :math:`\tilde X(G + G^\top)` sum to 0). A
+    first-order backward reuses the forward's :math:`\tilde X`; with ``create_graph`` it
+    recomputes it from the saved input in differentiable operations, so double backward
+    (gradient penalties, Hessian-vector products, meta-learning) is exact;
+    ``generate_vmap_rule`` lets :func:`torch.func.vmap` batch it.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, scale: float) -> torch.Tensor:
-        return (x.mT @ x).mul_(scale)
+    def forward(x: torch.Tensor, centre: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        xc = x - x.mean(dim=-2, keepdim=True) if centre else x
+        return (xc.mT @ xc).mul_(scale), xc if centre else x.detach()
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, float], output: torch.Tensor) -> None:
-        x, scale = inputs
-        ctx.save_for_backward(x)
-        ctx.scale = scale
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x, centre, scale = inputs
+        rows = output[1]
+        ctx.mark_non_differentiable(rows)
+        ctx.save_for_backward(x, rows)
+        ctx.centre, ctx.scale = centre, scale
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
+    def backward(
+        ctx: Any, grad: torch.Tensor | None, _: Any
+    ) -> tuple[torch.Tensor | None, None, None]:
+        if grad is None:
+            return None, None, None
+        x, rows = ctx.saved_tensors
+        # Grad mode is on here only for double backward, which must see how the rows depend on
+        # the input: recompute them (or use the input itself when it is the rows).
+        if torch.is_grad_enabled():
+            rows = x - x.mean(dim=-2, keepdim=True) if ctx.centre else x
         with no_autocast(x.device):
-            return x @ ((grad + grad.mT) * ctx.scale), None
+            return rows @ ((grad + grad.mT) * ctx.scale), None, None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -30,7 +31,7 @@ from deepalign._checks import (
     reads_values,
 )
 from deepalign._coral import coral_transform
-from deepalign._kernels import SelfProduct, centred, no_autocast
+from deepalign._kernels import Covariance, centred, no_autocast
 from deepalign.distributed import should_sync
 
 __all__ = [
@@ -196,12 +197,28 @@ def _covariances(
     rows: Mapping[str, _Centred], group: dist.ProcessGroup | None, correction: int = 1
 ) -> dict[str, torch.Tensor]:
     """``(d, d)`` covariance of each centred input: one product forward and one backward."""
-    reduce = _reducer(group)
     if group is None:
-        return {n: SelfProduct.apply(c.rows, 1.0 / (c.count - correction)) for n, c in rows.items()}
+        return {
+            n: Covariance.apply(c.rows, False, 1.0 / (c.count - correction))[0]
+            for n, c in rows.items()
+        }
+    reduce = _reducer(group)
     return {
-        n: reduce(SelfProduct.apply(c.rows, 1.0)) / (c.count - correction) for n, c in rows.items()
+        n: reduce(Covariance.apply(c.rows, False, 1.0)[0]) / (c.count - correction)
+        for n, c in rows.items()
     }
+
+
+def _local_covariances(
+    inputs: Mapping[str, torch.Tensor], correction: int = 1
+) -> dict[str, torch.Tensor]:
+    """``(d, d)`` covariance of each local input (in its compute dtype), centring included in
+    the covariance's own node: the plug-in's fast path."""
+    covariances = {}
+    for name, x in inputs.items():
+        x = x.to(compute_dtype(x))
+        covariances[name] = Covariance.apply(x, True, 1.0 / (x.shape[0] - correction))[0]
+    return covariances
 
 
 def covariance(
@@ -293,8 +310,14 @@ def named_covariances(
     group = process_group(sync_dist)
     min_rows = 0 if group is not None else correction + 1
     checked = {name: _check_features(x, name, min_rows=min_rows) for name, x in inputs.items()}
+    if group is None:
+        with no_autocast(next(iter(checked.values())).device) if checked else nullcontext():
+            covariances = _local_covariances(checked, correction)
+        if reads_values(validate, *checked.values()):
+            _check_results(list(covariances.values()), checked)
+        return covariances
     covariances = {}
-    for name, x in checked.items():  # widths may differ: centre each input on its own
+    for name, x in checked.items():  # dtypes may differ: centre each input on its own
         with no_autocast(x.device):
             rows = _centre_all({name: x}, compute_dtype(x), group, validate)
             if rows[name].count <= correction:
@@ -397,6 +420,12 @@ def _unbiased(m: _PairMoments, paired: bool) -> torch.Tensor:
     )
 
 
+def _diff_sq(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
+    r""":math:`\lVert C_a - C_b\rVert_F^2` from the difference itself (no cancellation)."""
+    diff = (c_a - c_b).reshape(-1)
+    return torch.dot(diff, diff)
+
+
 def _dense_moments(
     rows: Mapping[str, _Centred],
     pairs: Sequence[tuple[str, str]],
@@ -417,8 +446,7 @@ def _dense_moments(
         q = {n: reduce(norms[n].square().sum()) for n in used}
     moments = []
     for (a, b), is_paired in zip(pairs, paired, strict=True):
-        diff = cov[a] - cov[b]
-        m = _PairMoments(rows[a].count, rows[b].count, diff.square().sum())
+        m = _PairMoments(rows[a].count, rows[b].count, _diff_sq(cov[a], cov[b]))
         if unbiased:
             m = m._replace(sq_a=sq[a], sq_b=sq[b], tr_a=tr[a], tr_b=tr[b], q_a=q[a], q_b=q[b])
         if unbiased and is_paired:
@@ -501,6 +529,7 @@ def _pair_estimates(
     paired: bool | None,
     sync_dist: bool | None,
     validate: bool | None,
+    prechecked: bool = False,
 ) -> tuple[dict[str, list[torch.Tensor]], list[_PairMoments], list[bool]]:
     """The one dispatcher: validate, choose the path, return estimator -> one value per pair
     (the ``/4d²`` scale applied), the moments and whether each pair was treated as paired."""
@@ -515,10 +544,15 @@ def _pair_estimates(
         raise ValueError(f"inputs: expected the names of pairs {list(pairs)}, missing {missing}")
     need = max(MIN_ROWS[e] for e in estimators)
     why = " for the unbiased estimator" if need > 2 else ""
-    checked = {
-        n: _check_features(inputs[n], n, min_rows=0 if group else need, why=why) for n in used
-    }
-    check_same_device(**checked)
+    if prechecked:  # tensors, 2-D, one device and one width: only the row counts are left
+        checked = {n: inputs[n] for n in used}
+        for name, x in checked.items():
+            check_min_rows(x, name, 0 if group else need, why)
+    else:
+        checked = {
+            n: _check_features(inputs[n], n, min_rows=0 if group else need, why=why) for n in used
+        }
+        check_same_device(**checked)
     widths = {name: x.shape[1] for name, x in checked.items()}
     if len(set(widths.values())) > 1:
         raise ValueError(f"inputs: expected one width for all paired inputs, got {widths}")
@@ -534,9 +568,12 @@ def _pair_estimates(
         and all(local_rows[m] + local_rows[n] < d for m, n in pairs)
     )
     first = next(iter(checked.values()))
+    dtype = compute_dtype(*checked.values())
+    # The paper's loss on one process needs only the covariances: one node, centring inside.
+    fast = group is None and not gram and estimators == ("plugin",)
     with no_autocast(first.device):
-        rows = _centre_all(checked, compute_dtype(*checked.values()), group, validate)
-        counts = {name: c.count for name, c in rows.items()}
+        rows = {} if fast else _centre_all(checked, dtype, group, validate)
+        counts = local_rows if fast else {name: c.count for name, c in rows.items()}
         if group is not None:
             short = {n: c for n, c in counts.items() if c < need}
             if short:
@@ -547,19 +584,21 @@ def _pair_estimates(
         pairing = _resolve_paired(paired, pairs, local_rows if group is None else counts)
         if group is not None and any(pairing):
             _check_paired_everywhere(pairs, pairing, local_rows, group)
-        if gram:
+        if fast:
+            cov = _local_covariances({n: x.to(dtype) for n, x in checked.items()})
+            moments = [
+                _PairMoments(counts[a], counts[b], _diff_sq(cov[a], cov[b])) for a, b in pairs
+            ]
+        elif gram:
             moments = _gram_moments(rows, pairs, pairing, estimators)
         else:
             moments = _dense_moments(rows, pairs, pairing, estimators, group)
         scale = 1.0 / (4 * d * d)
-        values = {
-            "plugin": [m.diff_sq * scale for m in moments],
-            "unbiased": [
-                _unbiased(m, p) * scale if "unbiased" in estimators else None
-                for m, p in zip(moments, pairing, strict=True)
-            ],
-        }
-    out = {e: values[e] for e in estimators}
+        out = {"plugin": [m.diff_sq * scale for m in moments]} if "plugin" in estimators else {}
+        if "unbiased" in estimators:
+            out["unbiased"] = [
+                _unbiased(m, p) * scale for m, p in zip(moments, pairing, strict=True)
+            ]
     if reads_values(validate, *checked.values()):
         _check_results([v for e in estimators for v in out[e]], checked)
     return out, moments, pairing
@@ -682,6 +721,7 @@ def covariance_alignment_loss(
         paired=paired,
         sync_dist=sync_dist,
         validate=validate,
+        prechecked=True,
     )
     return values[estimator][0]
 
