@@ -275,4 +275,6 @@ def test_torchrun_two_processes_quick(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "deepalign V-A (1 seed)" in (tmp_path / "table.md").read_text()
-    assert (tmp_path / "seed1111" / "deepalign_V-A" / "checkpoint.pt").exists()
+    run_dir = tmp_path / "seed1111" / "deepalign_V-A"
+    assert (run_dir / "results.json").exists()
+    assert not (run_dir / "checkpoint.pt").exists()  # a finished run's checkpoint is dropped

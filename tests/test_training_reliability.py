@@ -281,7 +281,8 @@ def moment(last_event: str) -> str:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path):
-    slow, epochs = 0.15, ["--epochs", "24", "--patience", "24"]
+    # Enough epochs that the ten kills land before the run ends on a fast CPU too.
+    slow, epochs = 0.15, ["--epochs", "80", "--patience", "80"]
     reference = tmp_path / "reference"
     subprocess.run(
         [sys.executable, str(WORKER), str(reference), *epochs],
