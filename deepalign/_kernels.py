@@ -33,7 +33,11 @@ def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 def centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` in ``dtype`` minus its column means (the two-pass form of Eq. 12)."""
-    x = x.to(dtype)
+    return _subtract_mean(x.to(dtype))
+
+
+def _subtract_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x`` minus its column means (over the rows, dimension -2)."""
     return x - x.mean(dim=-2, keepdim=True)
 
 
@@ -56,7 +60,7 @@ class Covariance(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, centre: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        xc = x - x.mean(dim=-2, keepdim=True) if centre else x
+        xc = _subtract_mean(x) if centre else x
         return (xc.mT @ xc).mul_(scale), xc if centre else x.detach()
 
     @staticmethod
@@ -78,6 +82,6 @@ class Covariance(torch.autograd.Function):
         # Grad mode is on here only for double backward, which must see how the rows depend on
         # the input: recompute them (or use the input itself when it is the rows).
         if torch.is_grad_enabled():
-            rows = x - x.mean(dim=-2, keepdim=True) if ctx.centre else x
+            rows = _subtract_mean(x) if ctx.centre else x
         with no_autocast(x.device):
             return rows @ ((grad + grad.mT) * ctx.scale), None, None

@@ -462,7 +462,7 @@ class ModalityAlignment(nn.Module):
         return total
 
     def diagnostics(
-        self, features: Mapping[str, torch.Tensor]
+        self, features: Mapping[str, torch.Tensor], *, validate: bool | None = None
     ) -> dict[str, F.AlignmentDiagnostics]:
         """Each term's plug-in and unbiased :math:`\\theta`, the sampling floor and the
         modalities' scales (:func:`deepalign.functional.pairwise_alignment_diagnostics`), on
@@ -470,6 +470,9 @@ class ModalityAlignment(nn.Module):
 
         Args:
             features: as when calling the module.
+            validate: overrides the module's ``validate`` for this call (e.g. ``False`` for
+                features that the loss of the same step has just checked). Default ``None``:
+                the module's.
 
         Returns:
             term -> :class:`~deepalign.functional.AlignmentDiagnostics` (unweighted).
@@ -478,7 +481,7 @@ class ModalityAlignment(nn.Module):
             inputs = self._inputs(features)
         diagnostics = F.pairwise_alignment_diagnostics(
             inputs, self._pairs(), method=self.method, paired=self.paired,
-            sync_dist=self.sync_dist, validate=self.validate,
+            sync_dist=self.sync_dist, validate=self.validate if validate is None else validate,
         )  # fmt: skip
         return {str(term): d for term, d in zip(self.terms, diagnostics, strict=True)}
 

@@ -688,7 +688,9 @@ class MultiTaskMSA(nn.Module):
             return (zero, {}) if return_terms else zero
         return self.alignment(self._aligned_features(outputs), return_terms=return_terms)
 
-    def alignment_diagnostics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def alignment_diagnostics(
+        self, outputs: dict[str, torch.Tensor], *, validate: bool | None = None
+    ) -> dict[str, Any]:
         """Each alignment term's plug-in and unbiased value, sampling floor and scales.
 
         :meth:`ModalityAlignment.diagnostics <deepalign.ModalityAlignment.diagnostics>` on the
@@ -697,6 +699,8 @@ class MultiTaskMSA(nn.Module):
 
         Args:
             outputs: the dict returned by :meth:`forward`.
+            validate: as in :meth:`ModalityAlignment.diagnostics
+                <deepalign.ModalityAlignment.diagnostics>`.
 
         Returns:
             term -> :class:`~deepalign.functional.AlignmentDiagnostics`.
@@ -715,7 +719,7 @@ class MultiTaskMSA(nn.Module):
         """
         if self.alignment is None:
             return {}
-        return self.alignment.diagnostics(self._aligned_features(outputs))
+        return self.alignment.diagnostics(self._aligned_features(outputs), validate=validate)
 
     def _aligned_features(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         keys = _ALIGN_KEYS[self.config.align_on]

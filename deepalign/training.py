@@ -554,7 +554,8 @@ class Trainer:
         found: dict[str, torch.Tensor] = {}
         if outputs["M"].shape[0] < MIN_ROWS["unbiased"]:
             return found
-        diagnostics = self.model.alignment_diagnostics(outputs)
+        # The step's alignment loss has just validated these features: no second host sync.
+        diagnostics = self.model.alignment_diagnostics(outputs, validate=False)
         for term, (name, d) in zip(self.model.alignment.terms if diagnostics else (),
                                    diagnostics.items(), strict=True):  # fmt: skip
             found[f"align_{name}_plugin"] = d.plugin
