@@ -168,6 +168,7 @@ def main() -> None:
     try:
         results = {name: SCENARIOS[name](rank, world, out) for name in scenarios.split(",")}
         torch.save(results, out / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()
 
