@@ -31,7 +31,13 @@ from deepalign._checks import (
     reads_values,
 )
 from deepalign._coral import coral_transform
-from deepalign._kernels import Covariance, centred, no_autocast
+from deepalign._kernels import (
+    Covariance,
+    GramPairDistances,
+    PairDistances,
+    centred,
+    no_autocast,
+)
 from deepalign.distributed import should_sync
 
 __all__ = [
@@ -483,8 +489,6 @@ def _gram_moments(
         cross = x[a] @ x[b].mT
         inner = cross.square().sum() * (k[a] * k[b])
         diff_sq = sq[a] + sq[b] - 2 * inner
-        if estimators == ("plugin",):
-            diff_sq = diff_sq.clamp_min(0)  # rounding must not make the plug-in negative
         m = _PairMoments(rows[a].count, rows[b].count, diff_sq, sq[a], sq[b])
         if unbiased:
             diag = {n: gram[n].diagonal() for n in (a, b)}
@@ -532,7 +536,8 @@ def _pair_estimates(
     prechecked: bool = False,
 ) -> tuple[dict[str, list[torch.Tensor]], list[_PairMoments], list[bool]]:
     """The one dispatcher: validate, choose the path, return estimator -> one value per pair
-    (the ``/4d²`` scale applied), the moments and whether each pair was treated as paired."""
+    (the ``/4d²`` scale applied), the moments (none on the plug-in's fused path, which
+    :func:`alignment_diagnostics` never takes) and whether each pair was treated as paired."""
     group = process_group(sync_dist)
     if any(len(pair) != 2 for pair in pairs):
         raise ValueError(f"pairs: expected (first, second) name pairs, got {list(pairs)}")
@@ -569,8 +574,8 @@ def _pair_estimates(
     )
     first = next(iter(checked.values()))
     dtype = compute_dtype(*checked.values())
-    # The paper's loss on one process needs only the covariances: one node, centring inside.
-    fast = group is None and not gram and estimators == ("plugin",)
+    # The paper's loss on one process: one node for every pair, centring inside.
+    fast = group is None and estimators == ("plugin",)
     with no_autocast(first.device):
         rows = {} if fast else _centre_all(checked, dtype, group, validate)
         counts = local_rows if fast else {name: c.count for name, c in rows.items()}
@@ -585,11 +590,8 @@ def _pair_estimates(
         if group is not None and any(pairing):
             _check_paired_everywhere(pairs, pairing, local_rows, group)
         if fast:
-            cov = _local_covariances({n: x.to(dtype) for n, x in checked.items()})
-            moments = [
-                _PairMoments(counts[a], counts[b], _diff_sq(cov[a], cov[b])) for a, b in pairs
-            ]
-        elif gram:
+            return _fused_plugin(checked, pairs, dtype, gram, validate), [], pairing
+        if gram:
             moments = _gram_moments(rows, pairs, pairing, estimators)
         else:
             moments = _dense_moments(rows, pairs, pairing, estimators, group)
@@ -602,6 +604,28 @@ def _pair_estimates(
     if reads_values(validate, *checked.values()):
         _check_results([v for e in estimators for v in out[e]], checked)
     return out, moments, pairing
+
+
+def _fused_plugin(
+    checked: Mapping[str, torch.Tensor],
+    pairs: Sequence[tuple[str, str]],
+    dtype: torch.dtype,
+    gram: bool,
+    validate: bool | None,
+) -> dict[str, list[torch.Tensor]]:
+    """The paper's loss of every pair of local inputs in one :class:`PairDistances` (or
+    :class:`GramPairDistances`) node."""
+    index = {name: i for i, name in enumerate(checked)}
+    xs = [x.to(dtype) for x in checked.values()]
+    pair_indexes = tuple((index[a], index[b]) for a, b in pairs)
+    function = GramPairDistances if gram else PairDistances
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+        values = function.apply(pair_indexes, *xs)[0]
+    else:  # no gradient wanted: the same forward without an autograd node
+        values = function.value(pair_indexes, xs)
+    if reads_values(validate, *checked.values()) and not all(map(math.isfinite, values.tolist())):
+        _raise_non_finite(torch.tensor(False), **checked)
+    return {"plugin": list(values.unbind(-1))}
 
 
 def _check_paired_everywhere(

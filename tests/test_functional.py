@@ -209,6 +209,42 @@ def test_gradient_of_one_input_when_the_other_is_fixed(n):
     torch.testing.assert_close(grad_a, F.covariance_alignment_grad(x_a, x_b)[0])
 
 
+@pytest.mark.parametrize("method", ["dense", "gram"])
+def test_value_without_gradient_equals_the_autograd_path(method):
+    x = {name: features(i, 9, 4) for i, name in enumerate("abc")}
+    pairs = [("a", "b"), ("c", "b"), ("a", "c")]
+    plain = F.pairwise_alignment_losses(x, pairs, method=method)
+    tracked = F.pairwise_alignment_losses(
+        {name: v.clone().requires_grad_() for name, v in x.items()}, pairs, method=method
+    )
+    assert not any(v.requires_grad for v in plain)
+    assert all(v.requires_grad for v in tracked)
+    torch.testing.assert_close(torch.stack(plain), torch.stack(tracked).detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["dense", "gram"])
+def test_gradgradcheck_several_pairs_with_one_input_fixed(method):
+    fixed = features(3, 4, 9)
+    pairs = [("a", "b"), ("c", "b"), ("a", "c")]
+
+    def weighted(x_a, x_c):  # a different incoming gradient per pair
+        losses = F.pairwise_alignment_losses({"a": x_a, "b": fixed, "c": x_c}, pairs, method=method)
+        return losses[0] + 2 * losses[1] - 0.5 * losses[2]
+
+    inputs = (features(4, 4, 9).requires_grad_(), features(5, 3, 9).requires_grad_())
+    dense = torch.autograd.grad(weighted(*inputs), inputs)
+    reference = [  # per input, the sum over its pairs of the analytic gradient (Eq. 15-16)
+        F.covariance_alignment_grad(inputs[0], fixed)[0]
+        - 0.5 * F.covariance_alignment_grad(inputs[0], inputs[1])[0],
+        2 * F.covariance_alignment_grad(inputs[1], fixed)[0]
+        - 0.5 * F.covariance_alignment_grad(inputs[0], inputs[1])[1],
+    ]
+    for got, want in zip(dense, reference, strict=True):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(weighted, inputs)
+    assert torch.autograd.gradgradcheck(weighted, inputs)
+
+
 # ---------------------------------------------------------------- properties
 
 
