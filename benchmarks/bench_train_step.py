@@ -28,7 +28,7 @@ import common
 import torch
 
 from deepalign import ULGM, MSAConfig, MultiTaskMSA
-from deepalign.training import HEADS, TrainConfig
+from deepalign.training import TrainConfig
 
 BATCHES = (16, 64)
 QUICK_BATCHES = (4,)
@@ -37,7 +37,11 @@ LENGTHS = {"text": 50, "audio": 375, "vision": 500}
 QUICK_LENGTHS = {"text": 5, "audio": 12, "vision": 16}
 NUM_SAMPLES = 1284  # MOSI's training split
 VARIANTS = ("bare", "ulgm", "ulgm_align", "extras")
-GRADIENT_KEYS = ("M", "T", "A", "V", "Encoder_a", "Encoder_v")
+# The outputs the extras' loss is differentiated by: output group -> names.
+GRADIENT_KEYS = {
+    "predictions": ("fusion", "text", "audio", "vision"),
+    "encoder": ("audio", "vision"),
+}
 Batch = dict[str, torch.Tensor]
 
 
@@ -92,15 +96,15 @@ def training_step(variant: str, batch: Batch, device: torch.device) -> Callable[
     def step() -> object:
         outputs = model(*inputs)
         if ulgm is None:
-            loss = (outputs["M"].reshape(-1) - batch["label"]).abs().mean()
+            loss = (outputs["predictions"]["fusion"].reshape(-1) - batch["label"]).abs().mean()
         else:
-            loss = ulgm.loss({name: outputs[pred] for name, (pred, _) in HEADS.items()}, index)
+            loss = ulgm.loss(outputs["predictions"], index)
             loss = loss + model.alignment_loss(outputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if ulgm is not None:
-            features = {name: outputs[feat].detach() for name, (_, feat) in HEADS.items()}
+            features = {name: value.detach() for name, value in outputs["post"].items()}
             ulgm.step(features, index, epoch=2)
         return loss
 
@@ -113,14 +117,17 @@ def extra_work(batch: Batch, device: torch.device) -> Callable[[], object]:
     ulgm = make_ulgm(model, device)
     with torch.no_grad():
         outputs = model(*model_inputs(batch))
-    outputs = {name: t.requires_grad_(name in GRADIENT_KEYS) for name, t in outputs.items()}
+    for group, names in GRADIENT_KEYS.items():
+        for name in names:
+            outputs[group][name].requires_grad_(True)
+    leaves = [outputs[group][name] for group, names in GRADIENT_KEYS.items() for name in names]
     index = batch["index"]
 
     def step() -> object:
-        loss = ulgm.loss({name: outputs[pred] for name, (pred, _) in HEADS.items()}, index)
+        loss = ulgm.loss(outputs["predictions"], index)
         loss = loss + model.alignment_loss(outputs)
-        grads = torch.autograd.grad(loss, [outputs[name] for name in GRADIENT_KEYS])
-        ulgm.step({name: outputs[feat].detach() for name, (_, feat) in HEADS.items()}, index, 2)
+        grads = torch.autograd.grad(loss, leaves)
+        ulgm.step({name: value.detach() for name, value in outputs["post"].items()}, index, 2)
         return grads
 
     return step

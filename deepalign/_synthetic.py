@@ -31,6 +31,7 @@ LEXICON_START, LEXICON_WORDS_PER_GRADE, GRADES = 1000, 16, 3
 NEUTRAL_START = 2000
 SENTIMENT_TOKEN_RATE = 0.3
 GRADE_NOISE = 0.5
+MODALITIES = ("text", "audio", "vision")
 # Projection matrices and the lexicon are fixed, so different seeds sample one distribution.
 _STRUCTURE_SEED = 0x5E17
 
@@ -198,29 +199,25 @@ def _sequence_shapes(
 
 def _latents(rng: np.random.Generator, n: int, knobs: dict[str, float]) -> dict[str, np.ndarray]:
     z_s, z_av, u = rng.standard_normal((3, n))
-    eps = dict(zip("TAV", rng.standard_normal((3, n)), strict=True))
-    eta = dict(zip("TAV", rng.standard_normal((3, n)), strict=True))
-    private = dict(zip("TAV", knobs["nuisance"] * rng.standard_normal((3, n)), strict=True))
+    eps = dict(zip(MODALITIES, rng.standard_normal((3, n)), strict=True))
+    eta = dict(zip(MODALITIES, rng.standard_normal((3, n)), strict=True))
+    private = dict(zip(MODALITIES, knobs["nuisance"] * rng.standard_normal((3, n)), strict=True))
     w, k, delta = knobs["shared_weight"], knobs["shared_mask"], knobs["unimodal_offset"]
     norm = np.sqrt(1.0 + w**2)
-    y_M = (z_s + w * z_av) / norm
-    copy = {
-        m: r * z_s + np.sqrt(1.0 - r**2) * eta[m]
-        for m, r in zip(
-            "TAV",
-            (knobs["text_signal"], knobs["audio_signal"], knobs["vision_signal"]),
-            strict=True,
-        )
-    }
+    y_f = (z_s + w * z_av) / norm
+    signal = {m: knobs[f"{m}_signal"] for m in MODALITIES}
+    copy = {m: r * z_s + np.sqrt(1.0 - r**2) * eta[m] for m, r in signal.items()}
     shared_a = (z_av + k * u) / np.sqrt(1.0 + k**2)
     shared_v = (z_av - k * u) / np.sqrt(1.0 + k**2)
     return {
-        "M": y_M,
-        **{m: y_M + delta * eps[m] for m in "TAV"},
-        "text_view": copy["T"] / norm + delta * eps["T"],
-        "text_code": np.stack([copy["T"], eps["T"], private["T"]], axis=1),
-        "audio_code": np.stack([copy["A"], shared_a, eps["A"], private["A"]], axis=1),
-        "vision_code": np.stack([copy["V"], shared_v, eps["V"], private["V"]], axis=1),
+        "fusion": y_f,
+        **{m: y_f + delta * eps[m] for m in MODALITIES},
+        "text_view": copy["text"] / norm + delta * eps["text"],
+        "text_code": np.stack([copy["text"], eps["text"], private["text"]], axis=1),
+        "audio_code": np.stack([copy["audio"], shared_a, eps["audio"], private["audio"]], axis=1),
+        "vision_code": np.stack(
+            [copy["vision"], shared_v, eps["vision"], private["vision"]], axis=1
+        ),
     }
 
 
@@ -276,9 +273,11 @@ def _label_columns(
             np.float32
         )
 
-    labels = {"regression_labels": to_label(latent["M"])}
-    if unimodal:
-        labels |= {f"regression_labels_{m}": to_label(latent[m]) for m in "TAV"}
+    # The one table of label names -> pickle keys; imported here, as deepalign.data imports us.
+    from deepalign.data import LABEL_KEYS
+
+    names = list(LABEL_KEYS) if unimodal else ["fusion"]
+    labels = {LABEL_KEYS[name]: to_label(latent[name]) for name in names}
     labels["classification_labels"] = np.sign(labels["regression_labels"]).astype(np.int64) + 1
     return labels
 

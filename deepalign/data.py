@@ -30,6 +30,7 @@ from deepalign._safe_pickle import CorruptPickleError, SafeUnpickler, UnsafePick
 from deepalign._synthetic import PRESETS, synthetic_mmsa_dict
 
 __all__ = [
+    "LABEL_KEYS",
     "LABEL_RANGE",
     "PRESETS",
     "CorruptPickleError",
@@ -46,10 +47,11 @@ __all__ = [
 
 SPLITS = ("train", "valid", "test")
 FEATURE_MODALITIES = ("text", "audio", "vision")
-UNIMODAL_LABEL_KEYS = {
-    "T": "regression_labels_T",
-    "A": "regression_labels_A",
-    "V": "regression_labels_V",
+LABEL_KEYS = {
+    "fusion": "regression_labels",
+    "text": "regression_labels_T",
+    "audio": "regression_labels_A",
+    "vision": "regression_labels_V",
 }
 LABEL_RANGE = (-3.0, 3.0)
 _STD_FLOOR = 1e-6
@@ -110,8 +112,9 @@ class MMSADataset(Dataset):
       without token ids).
     - ``audio`` (float32, ``(T_a, d_a)``), ``audio_lengths`` (int64 scalar in ``[1, T_a]``),
       ``vision`` (float32, ``(T_v, d_v)``), ``vision_lengths`` (int64 scalar in ``[1, T_v]``).
-    - ``labels`` (dict of float32 scalars): ``M`` (multimodal), plus ``T``, ``A``, ``V`` when
-      the file has unimodal labels (CH-SIMS).
+    - ``labels`` (dict of float32 scalars), keyed by head name (:data:`LABEL_KEYS`):
+      ``fusion`` (the multimodal label), plus ``text``, ``audio``, ``vision`` when the file has
+      unimodal labels (CH-SIMS).
 
     Args:
         split: the split's name, for messages.
@@ -205,7 +208,7 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     Example:
         >>> splits = make_synthetic("mosi", n_train=8, seq_len=6, text_dim=4, seed=0)
         >>> batch = collate([splits["train"][i] for i in range(4)])
-        >>> batch["audio"].shape, batch["audio_lengths"].dtype, batch["labels"]["M"].shape
+        >>> batch["audio"].shape, batch["audio_lengths"].dtype, batch["labels"]["fusion"].shape
         (torch.Size([4, 6, 5]), torch.int64, torch.Size([4]))
         >>> batch["index"].tolist()
         [0, 1, 2, 3]
@@ -308,7 +311,7 @@ def load_mmsa(
         >>> {name: len(ds) for name, ds in splits.items()}
         {'train': 6, 'valid': 2, 'test': 2}
         >>> sorted(splits["train"][0]["labels"])
-        ['A', 'M', 'T', 'V']
+        ['audio', 'fusion', 'text', 'vision']
         >>> raw["test"]["audio_lengths"][1] = 9  # beyond the 5 stored time steps
         >>> load_mmsa(raw)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -378,7 +381,7 @@ def make_synthetic(
     Example:
         >>> splits = make_synthetic("mosi", n_train=20, seq_len=8, text_dim=6, seed=0)
         >>> splits["train"]
-        MMSADataset(split='train', n=20, text_bert=(20, 3, 8), text=(20, 8, 6), text_lengths=(20,), audio=(20, 8, 5), audio_lengths=(20,), vision=(20, 8, 20), vision_lengths=(20,), labels=['M'])
+        MMSADataset(split='train', n=20, text_bert=(20, 3, 8), text=(20, 8, 6), text_lengths=(20,), audio=(20, 8, 5), audio_lengths=(20,), vision=(20, 8, 20), vision_lengths=(20,), labels=['fusion'])
     """  # noqa: E501
     raw = synthetic_mmsa_dict(preset, n_train=n_train, seed=seed, **options)
     limit = PRESETS[preset].label_limit
@@ -668,9 +671,13 @@ def _parse_split(
             f"{source}: split {split!r}: expected the keys {missing}, found only {_list_keys(data)}"
         )
     part = _Split(data, split, source, options, report)
-    labels = {"M": part.labels("regression_labels", None)}
-    n = labels["M"].shape[0]
-    labels |= {k: part.labels(key, n) for k, key in UNIMODAL_LABEL_KEYS.items() if key in data}
+    labels = {"fusion": part.labels(LABEL_KEYS["fusion"], None)}
+    n = labels["fusion"].shape[0]
+    labels |= {
+        name: part.labels(key, n)
+        for name, key in LABEL_KEYS.items()
+        if name != "fusion" and key in data
+    }
     ids = part.strings("id", n)
     raw_text = part.strings("raw_text", n) if "raw_text" in data else [""] * n
 
@@ -726,7 +733,7 @@ def _check_splits_agree(parsed: Mapping[str, Mapping[str, Any]], source: str) ->
     """Every split has the same tensor and label keys, and the train split's feature widths."""
     for field, names in (
         ("tensors", {}),
-        ("labels", UNIMODAL_LABEL_KEYS | {"M": "regression_labels"}),
+        ("labels", LABEL_KEYS),
     ):
         every = {key for fields in parsed.values() for key in fields[field]}
         for key in sorted(every):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -339,12 +340,6 @@ class PostHead(nn.Module):
         return feature, self.out(torch.relu(self.hidden(feature)))
 
 
-_ALIGN_KEYS = {
-    "encoder": {"text": "Encoder_t", "audio": "Encoder_a", "vision": "Encoder_v"},
-    "post": {"text": "Feature_t", "audio": "Feature_a", "vision": "Feature_v"},
-}
-
-
 class MultiTaskMSA(nn.Module):
     r"""Self-MM's multi-task network ([Yu2021]_) as [Lai2023]_ uses it (Eq. 1–8).
 
@@ -365,26 +360,32 @@ class MultiTaskMSA(nn.Module):
     (the paper writes Eq. 6 and 8 as one linear layer; Self-MM's network, followed here, has the
     hidden layer :math:`W_2`).
 
-    The output is a dict of tensors:
+    The output is a dict of three groups, each a dict of tensors keyed by head or modality
+    name (plain dicts, so DDP, :func:`torch.compile` and :mod:`torch.func` take them):
 
-    - ``"M"``, ``"T"``, ``"A"``, ``"V"``: the predictions :math:`y_f, y_t, y_a, y_v`, ``(B, 1)``.
-    - ``"Feature_f"``, ``"Feature_t"``, ``"Feature_a"``, ``"Feature_v"``: the post-layer
+    - ``"predictions"``: ``"fusion"``, ``"text"``, ``"audio"``, ``"vision"`` -> the
+      predictions :math:`y_f, y_t, y_a, y_v`, ``(B, 1)``.
+    - ``"post"``: ``"fusion"``, ``"text"``, ``"audio"``, ``"vision"`` -> the post-layer
       features :math:`F_f^*, F_t^*, F_a^*, F_v^*` (Eq. 5 and 7; after the ReLU), widths
       ``post_fusion_dim``, ``post_text_dim``, ... These are what the ULGM uses.
-    - ``"Encoder_t"``, ``"Encoder_a"``, ``"Encoder_v"``: the modality features
+    - ``"encoder"``: ``"text"``, ``"audio"``, ``"vision"`` -> the modality features
       :math:`F_t, F_a, F_v` of Eq. 1–3, widths text width, ``audio_out``, ``vision_out``.
+
+    The feature groups are named as the values of ``config.align_on``: the alignment takes
+    ``outputs[config.align_on]``. The names and the keys of Self-MM's code are in
+    :doc:`/model`.
 
     **Alignment.** With ``config.alignment`` set, the model owns :attr:`alignment`, a
     :class:`~deepalign.ModalityAlignment` over the features ``text``/``audio``/``vision``, and
     :meth:`alignment_loss` evaluates it. By default (``align_on="encoder"``) it aligns the
     modality features :math:`F_t, F_a, F_v` of Eq. 1–3, projected to a common width ``d``
-    (``align_dim``; default the smallest aligned width) by fixed orthonormal maps. Reasons: the
-    paper names these very features ("for the audio modality, we utilize the feature
-    representation :math:`Feature_a`", the symbol of Eq. 2, not :math:`Feature_{a^*}`) and
-    projects them "into a low-dimensional space of dimension d"; they feed both the fusion and
-    the unimodal branches, so the shared information learned there reaches every head; and the
-    post-layer features are ReLU outputs that the ULGM measures distances on, which alignment
-    would couple to the label generation. ``align_on="post"`` aligns :math:`F_s^*` instead.
+    (``align_dim``; default the smallest aligned width) by fixed orthonormal maps. Reasons
+    (:doc:`/model` quotes the paper): the paper names these very features, by the symbols of
+    Eq. 2–3 rather than the starred ones of Eq. 7, and projects them "into a low-dimensional
+    space of dimension d"; they feed both the fusion and the unimodal branches, so the shared
+    information learned there reaches every head; and the post-layer features are ReLU outputs
+    that the ULGM measures distances on, which alignment would couple to the label generation.
+    ``align_on="post"`` aligns :math:`F_s^*` instead.
 
     **A frozen text encoder** (``finetune_text=False``) runs without gradient and stays in
     evaluation mode whatever :meth:`train` says, so :math:`F_t` is a fixed function of the
@@ -420,19 +421,11 @@ class MultiTaskMSA(nn.Module):
         >>> model = MultiTaskMSA(config)
         >>> out = model(torch.randn(4, 10, 8), torch.randn(4, 7, 5), torch.tensor([7, 5, 3, 0]),
         ...             torch.randn(4, 6, 20), torch.tensor([6, 6, 2, 4]))
-        >>> for key, value in out.items():
-        ...     print(key, tuple(value.shape))
-        M (4, 1)
-        T (4, 1)
-        A (4, 1)
-        V (4, 1)
-        Feature_f (4, 128)
-        Feature_t (4, 32)
-        Feature_a (4, 16)
-        Feature_v (4, 32)
-        Encoder_t (4, 8)
-        Encoder_a (4, 16)
-        Encoder_v (4, 32)
+        >>> for group, tensors in out.items():
+        ...     print(group, {name: tuple(value.shape) for name, value in tensors.items()})
+        predictions {'fusion': (4, 1), 'text': (4, 1), 'audio': (4, 1), 'vision': (4, 1)}
+        post {'fusion': (4, 128), 'text': (4, 32), 'audio': (4, 16), 'vision': (4, 32)}
+        encoder {'text': (4, 8), 'audio': (4, 16), 'vision': (4, 32)}
     """
 
     def __init__(self, config: MSAConfig, *, text_encoder: nn.Module | None = None) -> None:
@@ -530,7 +523,7 @@ class MultiTaskMSA(nn.Module):
         vision_lengths: torch.Tensor,
         *,
         text_features: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, dict[str, torch.Tensor]]:
         """Run the network (Eq. 1–8); shapes and the output dict are in the class docstring.
 
         ``text_features`` (with ``text=None``) replaces the text encoder by its output
@@ -549,17 +542,14 @@ class MultiTaskMSA(nn.Module):
         feature_a, y_a = self.audio_head(a)
         feature_v, y_v = self.vision_head(v)
         return {
-            "M": y_m,
-            "T": y_t,
-            "A": y_a,
-            "V": y_v,
-            "Feature_f": feature_f,
-            "Feature_t": feature_t,
-            "Feature_a": feature_a,
-            "Feature_v": feature_v,
-            "Encoder_t": t,
-            "Encoder_a": a,
-            "Encoder_v": v,
+            "predictions": {"fusion": y_m, "text": y_t, "audio": y_a, "vision": y_v},
+            "post": {
+                "fusion": feature_f,
+                "text": feature_t,
+                "audio": feature_a,
+                "vision": feature_v,
+            },
+            "encoder": {"text": t, "audio": a, "vision": v},
         }
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
@@ -592,8 +582,9 @@ class MultiTaskMSA(nn.Module):
             >>> cached = model.encode_text(text)
             >>> tuple(cached.shape)
             (3, 8)
-            >>> same = model(None, audio, lengths, vision, lengths, text_features=cached)["M"]
-            >>> torch.equal(same, model(text, audio, lengths, vision, lengths)["M"])
+            >>> same = model(None, audio, lengths, vision, lengths, text_features=cached)
+            >>> fresh = model(text, audio, lengths, vision, lengths)
+            >>> torch.equal(same["predictions"]["fusion"], fresh["predictions"]["fusion"])
             True
         """
         self._text_batch(text, None)
@@ -642,7 +633,7 @@ class MultiTaskMSA(nn.Module):
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
 
     def alignment_loss(
-        self, outputs: dict[str, torch.Tensor], *, return_terms: bool = False
+        self, outputs: dict[str, dict[str, torch.Tensor]], *, return_terms: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         r"""The weighted alignment loss on a forward pass's features.
 
@@ -656,7 +647,8 @@ class MultiTaskMSA(nn.Module):
         ``align_on``. Without a configured alignment it is a zero scalar (and no terms).
 
         Args:
-            outputs: the dict returned by :meth:`forward`.
+            outputs: the dict returned by :meth:`forward`; the loss reads its feature group
+                ``outputs[config.align_on]``.
             return_terms: also return each term's contribution :math:`w\,\phi(\theta)`,
                 detached, for logging (they add up to the loss). Default: ``False``.
 
@@ -668,8 +660,9 @@ class MultiTaskMSA(nn.Module):
             - output: :math:`()`.
 
         Raises:
-            ValueError: for a batch of fewer than 2 samples (a covariance needs 2), missing
-                features, or non-finite features.
+            ValueError: for a batch of fewer than 2 samples (a covariance needs 2), outputs
+                without the group ``config.align_on`` or with missing features, or non-finite
+                features.
 
         Example:
             >>> import torch
@@ -684,12 +677,12 @@ class MultiTaskMSA(nn.Module):
             (torch.Size([]), ['vision-audio'], True)
         """
         if self.alignment is None:
-            zero = outputs["M"].new_zeros(())
+            zero = outputs["predictions"]["fusion"].new_zeros(())
             return (zero, {}) if return_terms else zero
         return self.alignment(self._aligned_features(outputs), return_terms=return_terms)
 
     def alignment_diagnostics(
-        self, outputs: dict[str, torch.Tensor], *, validate: bool | None = None
+        self, outputs: dict[str, dict[str, torch.Tensor]], *, validate: bool | None = None
     ) -> dict[str, Any]:
         """Each alignment term's plug-in and unbiased value, sampling floor and scales.
 
@@ -721,9 +714,19 @@ class MultiTaskMSA(nn.Module):
             return {}
         return self.alignment.diagnostics(self._aligned_features(outputs), validate=validate)
 
-    def _aligned_features(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        keys = _ALIGN_KEYS[self.config.align_on]
-        return {name: outputs[key] for name, key in keys.items()}
+    def _aligned_features(
+        self, outputs: dict[str, dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """The feature group ``align_on`` names (``"encoder"`` or ``"post"``) of ``outputs``."""
+        group = self.config.align_on
+        features = outputs.get(group) if isinstance(outputs, Mapping) else None
+        if not isinstance(features, Mapping):
+            found = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
+            raise ValueError(
+                f"outputs: expected forward's dict with the feature group {group!r} "
+                f"(config.align_on), got {found}"
+            )
+        return features
 
     def parameter_groups(self, train_config: TrainConfig) -> list[dict[str, Any]]:
         """Adam parameter groups with per-group learning rate and weight decay (Self-MM's).

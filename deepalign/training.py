@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 import deepalign
 from deepalign import distributed
 from deepalign._checks import check_choice, check_in_range, check_positive_int
-from deepalign.data import UNIMODAL_LABEL_KEYS, MMSADataset, collate
+from deepalign.data import LABEL_KEYS, MMSADataset, collate
 from deepalign.functional import MIN_ROWS
 from deepalign.metrics import DATASETS, msa_metrics
 from deepalign.model import MultiTaskMSA, _preset
@@ -58,13 +58,6 @@ __all__ = [
     "Trainer",
 ]
 
-#: ULGM modality name -> (prediction key, feature key) in MultiTaskMSA's outputs.
-HEADS = {
-    "fusion": ("M", "Feature_f"),
-    "text": ("T", "Feature_t"),
-    "audio": ("A", "Feature_a"),
-    "vision": ("V", "Feature_v"),
-}
 CHECKPOINT = "checkpoint.pt"
 """File name of the checkpoint in ``out_dir`` (the last finished epoch)."""
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
@@ -385,7 +378,7 @@ class Trainer:
         dims = {"fusion": c.post_fusion_dim, "text": c.post_text_dim}
         dims |= {"audio": c.post_audio_dim, "vision": c.post_vision_dim}
         ulgm = ULGM(len(train), dims, H=self.config.H)
-        ulgm.init_labels(torch.arange(len(train)), train.labels["M"])
+        ulgm.init_labels(torch.arange(len(train)), train.labels["fusion"])
         return ulgm
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -533,26 +526,25 @@ class Trainer:
         args, kwargs = self._inputs(batch, "train")
         outputs = self.network(*args, **kwargs)
         index = batch["index"].to(self.device, non_blocking=True)
-        predictions = {name: outputs[pred] for name, (pred, _) in HEADS.items()}
-        ulgm_loss, ulgm_terms = self.ulgm.loss(predictions, index, return_terms=True)
+        ulgm_loss, ulgm_terms = self.ulgm.loss(outputs["predictions"], index, return_terms=True)
         align_loss, align_terms = self.model.alignment_loss(outputs, return_terms=True)
         loss = ulgm_loss + align_loss
         loss.backward()
-        features = {name: outputs[feat].detach() for name, (_, feat) in HEADS.items()}
+        features = {name: value.detach() for name, value in outputs["post"].items()}
         self.ulgm.step(features, index, epoch)
         terms = {"loss": loss, "alignment": align_loss} | ulgm_terms
         terms |= {f"align_{name}": value for name, value in align_terms.items()}
         terms |= self._diagnostics(outputs)
         return {name: value.detach() for name, value in terms.items()}
 
-    def _diagnostics(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _diagnostics(self, outputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Per term the plug-in and unbiased theta and the floor; per modality its scale.
 
         Left out for a batch below the unbiased estimator's minimum of rows (a short last
         batch); the epoch's means then cover the other batches.
         """
         found: dict[str, torch.Tensor] = {}
-        if outputs["M"].shape[0] < MIN_ROWS["unbiased"]:
+        if outputs["predictions"]["fusion"].shape[0] < MIN_ROWS["unbiased"]:
             return found
         # The step's alignment loss has just validated these features: no second host sync.
         diagnostics = self.model.alignment_diagnostics(outputs, validate=False)
@@ -627,8 +619,9 @@ class Trainer:
         preds, truths, indexes = [], [], []
         for batch in self._batches(split):
             args, kwargs = self._inputs(batch, split)
-            preds.append(self.model(*args, **kwargs)["M"].reshape(-1).cpu())
-            truths.append(batch["labels"]["M"])
+            fusion = self.model(*args, **kwargs)["predictions"]["fusion"]
+            preds.append(fusion.reshape(-1).cpu())
+            truths.append(batch["labels"]["fusion"])
             indexes.append(batch["index"])
         pred, truth = self._gather(torch.cat(preds), torch.cat(truths), torch.cat(indexes))
         metrics = msa_metrics(pred, truth, dataset=self.config.dataset)
@@ -864,8 +857,12 @@ def _check_dataset(dataset: str, splits: Mapping[str, MMSADataset]) -> None:
     generator can). Data that fits both (no unimodal labels, all labels in [-1, 1]) passes.
     """
     labels = [splits[name].labels for name in ("train", "valid", "test")]
-    unimodal = sorted({key for split in labels for key in split if key in UNIMODAL_LABEL_KEYS})
-    largest = max((float(split["M"].abs().max()) for split in labels if len(split["M"])), default=0)
+    unimodal = sorted(
+        {key for split in labels for key in split if key in LABEL_KEYS and key != "fusion"}
+    )
+    largest = max(
+        (float(split["fusion"].abs().max()) for split in labels if len(split["fusion"])), default=0
+    )
     if unimodal and largest <= 1:
         looks, evidence = "sims", f"unimodal labels {unimodal} and labels in [-1, 1]"
     elif largest > 1:

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> float:
     data = make_synthetic("mosi", n_train=256, seq_len=8, text_dim=32, unimodal_labels=True)
     train = data["train"]
     inputs = {m: train.tensors[m].mean(1) for m in ("text", "audio", "vision")}
-    labels = train.labels["M"]
+    labels = train.labels["fusion"]
     model = MyModel({m: x.shape[1] for m, x in inputs.items()})
     ulgm = deepalign.ULGM(len(train), dict.fromkeys(("fusion", *inputs), 16))  # deepalign
     ulgm.init_labels(torch.arange(len(train)), labels)  # deepalign
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> float:
             ulgm.step({m: f.detach() for m, f in feats.items()}, index, epoch)  # deepalign
         with torch.no_grad():
             mae = (model(inputs)[0]["fusion"].squeeze(1) - labels).abs().mean().item()
-        planted = torch.corrcoef(torch.stack([ulgm.labels("audio"), train.labels["A"]]))[0, 1]
+        planted = torch.corrcoef(torch.stack([ulgm.labels("audio"), train.labels["audio"]]))[0, 1]
         print(f"epoch {epoch}: train MAE {mae:.3f}, corr(generated, planted audio labels) "
               f"{planted.item():.3f}")  # fmt: skip
     return mae

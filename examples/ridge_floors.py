@@ -55,7 +55,7 @@ def floor(splits: dict[str, MMSADataset], modalities: tuple[str, ...], dataset: 
     feats = {s: np.hstack([pooled(splits[s], m) for m in modalities]) for s in splits}
     mean, std = feats["train"].mean(0), feats["train"].std(0) + 1e-8
     x = {s: (f - mean) / std for s, f in feats.items()}
-    y = {s: splits[s].labels["M"].double().numpy() for s in splits}
+    y = {s: splits[s].labels["fusion"].double().numpy() for s in splits}
     errors = {p: np.abs(predict(x["valid"], ridge(x["train"], y["train"], p)) - y["valid"]).mean()
               for p in PENALTIES}  # fmt: skip
     best = min(errors, key=errors.get)

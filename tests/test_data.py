@@ -1,5 +1,6 @@
 """deepalign.data: the MMSA loader, its cleaning and validation, collate, and the real MOSI file."""
 
+import itertools
 import pickle
 import warnings
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, default_collate
 
 from deepalign.data import (
+    LABEL_KEYS,
     DataCleaningWarning,
     DataFormatError,
     collate,
@@ -37,7 +39,7 @@ def test_items_have_the_documented_layout():
     for key in ("text_lengths", "audio_lengths", "vision_lengths"):
         assert item[key].dtype == torch.int64
         assert item[key].dim() == 0
-    assert set(item["labels"]) == {"M", "T", "A", "V"}
+    assert set(item["labels"]) == {"fusion", "text", "audio", "vision"}
     assert splits["train"].dims == {"text": 4, "audio": 33, "vision": 709}
     assert splits["train"][-1]["index"] == len(splits["train"]) - 1
 
@@ -55,10 +57,10 @@ def test_collate_through_a_dataloader():
         assert batch[key].dtype == torch.int64
         assert batch[key].device.type == "cpu"
         assert batch[key].shape == (5,)
-    assert batch["labels"]["M"].dtype == torch.float32
-    assert batch["labels"]["M"].shape == (5,)
+    assert batch["labels"]["fusion"].dtype == torch.float32
+    assert batch["labels"]["fusion"].shape == (5,)
     assert len(batch["id"]) == 5
-    torch.testing.assert_close(batch["labels"]["M"], splits["train"].labels["M"][:5])
+    torch.testing.assert_close(batch["labels"]["fusion"], splits["train"].labels["fusion"][:5])
 
 
 def test_collate_rejects_empty_and_mixed_items():
@@ -134,7 +136,7 @@ def test_collate_returns_exactly_what_default_collate_returns(variant, split, da
 def test_collate_names_the_first_item_whose_nested_keys_differ():
     dataset = _variant_split("sims", "train")
     first, second = dataset[0], dataset[1]
-    second["labels"] = {k: v for k, v in second["labels"].items() if k != "A"}
+    second["labels"] = {k: v for k, v in second["labels"].items() if k != "audio"}
     with pytest.raises(ValueError, match=r"items\[1\]\['labels'\]: expected the keys"):
         collate([first, second])
 
@@ -145,7 +147,19 @@ def test_values_match_the_raw_dict():
     test = splits["test"]
     np.testing.assert_array_equal(test.tensors["audio"].numpy(), raw["test"]["audio"])
     np.testing.assert_array_equal(test.tensors["text_bert"].numpy(), raw["test"]["text_bert"])
-    np.testing.assert_array_equal(test.labels["T"].numpy(), raw["test"]["regression_labels_T"])
+    # Labels are keyed by head name; MMSA's pickle keys written out here from its layout.
+    mmsa = {
+        "fusion": "regression_labels",
+        "text": "regression_labels_T",
+        "audio": "regression_labels_A",
+        "vision": "regression_labels_V",
+    }
+    assert mmsa == LABEL_KEYS
+    assert list(test.labels) == list(mmsa)
+    columns = [raw["test"][key] for key in mmsa.values()]
+    assert all(not np.array_equal(a, b) for a, b in itertools.combinations(columns, 2))
+    for name, key in mmsa.items():
+        np.testing.assert_array_equal(test.labels[name].numpy(), raw["test"][key])
     assert test.ids == list(raw["test"]["id"])
     assert test.tensors["text_lengths"].tolist() == raw["test"]["text_bert"][:, 1].sum(1).tolist()
 
@@ -297,7 +311,7 @@ def test_default_label_range_holds_sims_and_none_checks_nothing():
     raw = small_raw("sims")
     load_mmsa(raw)  # [-1, 1] lies in the default [-3, 3]
     raw["train"]["regression_labels"][0] = 250.0
-    assert load_mmsa(raw, label_range=None)["train"].labels["M"][0] == 250.0
+    assert load_mmsa(raw, label_range=None)["train"].labels["fusion"][0] == 250.0
 
 
 def test_clip_labels_clips_and_reports_each_split_and_key():
@@ -311,8 +325,8 @@ def test_clip_labels_clips_and_reports_each_split_and_key():
         ("test", "regression_labels_T", "clipped"): 1,
     }
     assert "key 'regression_labels': 2 labels clipped to [-1, 1]" in str(caught[0])
-    assert splits["train"].labels["M"][:2].tolist() == [1.0, -1.0]
-    assert splits["test"].labels["T"][0] == 1.0
+    assert splits["train"].labels["fusion"][:2].tolist() == [1.0, -1.0]
+    assert splits["test"].labels["text"][0] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -559,7 +573,7 @@ def test_real_mosi_loads_with_the_readme_layout(real_mosi_path):
     assert train.seq_lens == {"text": 1, "audio": 1, "vision": 1, "text_bert": 50}
     assert torch.all(train.tensors["audio_lengths"] == 1)
     assert train.tensors["text_bert"][:, 0, 0].eq(101).all()
-    assert train.labels["M"].abs().max() <= 3
+    assert train.labels["fusion"].abs().max() <= 3
     audio = train.tensors["audio"][:, 0]
     torch.testing.assert_close(audio.mean(0), torch.zeros(73), atol=1e-4, rtol=0)
     assert splits["test"].tensors["audio"].abs().max() < 100  # raw values reach ~376
@@ -574,8 +588,8 @@ def test_real_mosi_text_ridge_reproduces_the_readme_floor(real_mosi_path):
     splits = load_mmsa(real_mosi_path, standardize=("text",))
     train, test = splits["train"], splits["test"]
     model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(
-        train.tensors["text"][:, 0], train.labels["M"]
+        train.tensors["text"][:, 0], train.labels["fusion"]
     )
-    metrics = msa_metrics(model.predict(test.tensors["text"][:, 0]), test.labels["M"])
+    metrics = msa_metrics(model.predict(test.tensors["text"][:, 0]), test.labels["fusion"])
     assert metrics["MAE"] == pytest.approx(0.955, abs=0.02)
     assert metrics["Corr"] == pytest.approx(0.606, abs=0.02)

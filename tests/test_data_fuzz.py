@@ -51,8 +51,10 @@ DOCUMENTED = (DataFormatError, UnsafePickleError, CorruptPickleError)
 CASE_SECONDS = 10.0  # generous: a case takes milliseconds; a hang takes forever
 SPLITS = ("train", "valid", "test")
 FEATURES = ("text", "audio", "vision")
-LABEL_KEYS = ("regression_labels", "regression_labels_T", "regression_labels_A")
-LABEL_KEYS += ("regression_labels_V",)
+# MMSA's label keys -> the names the loaded labels carry.
+LABEL_NAMES = {"regression_labels": "fusion", "regression_labels_T": "text"}
+LABEL_NAMES |= {"regression_labels_A": "audio", "regression_labels_V": "vision"}
+LABEL_KEYS = tuple(LABEL_NAMES)
 VARIANTS = ("mosi", "sims", "aligned", "no_text_bert", "no_text")
 ENV_SENTINEL = "DEEPALIGN_FUZZ_PAYLOAD_RAN"
 SCALES = [pytest.param(1, id="fast"), pytest.param(10, id="slow", marks=pytest.mark.slow)]
@@ -421,8 +423,8 @@ def test_changed_dtypes(scale, tmp_path, tallies):
         elif key == "text_bert" or key.endswith("_lengths"):
             np.testing.assert_array_equal(dataset.tensors[key].numpy(), cast.astype(np.int64))
         elif key in LABEL_KEYS:
-            label = "M" if key == "regression_labels" else key[-1]
-            np.testing.assert_array_equal(dataset.labels[label].numpy(), cast.astype(np.float32))
+            expected = cast.astype(np.float32)
+            np.testing.assert_array_equal(dataset.labels[LABEL_NAMES[key]].numpy(), expected)
         elif key in ("id", "raw_text"):
             assert getattr(dataset, "ids" if key == "id" else key) == [str(v) for v in cast]
     assert tally["cases"] == 80 * scale
@@ -636,10 +638,9 @@ def test_labels_outside_the_range(scale, tmp_path, tallies):
         source = source_for(rng, tmp_path, raw)
         case = f"label range[{seed}: {variant}, {split}, {key} at {positions}, clip={clip}]"
         outcome = attempt(case, source, tally, label_range=bounds, clip_labels=clip)
-        label = "M" if key == "regression_labels" else key[-1]
         if on_bound or clip:
             splits = expect_loaded(outcome)
-            got = splits[split].labels[label].numpy()[positions]
+            got = splits[split].labels[LABEL_NAMES[key]].numpy()[positions]
             np.testing.assert_array_equal(got, np.where(sides == 0, *bounds).astype(np.float32))
             count = 0 if on_bound else len(positions)
             counts = outcome.cleaning[0].counts if outcome.cleaning else {}

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from deepalign import ModalityAlignment, MSAConfig, MultiTaskMSA
 from deepalign.alignment import ESTIMATORS
-from deepalign.model import _trim_padding
+from deepalign.model import ALIGN_ON, _trim_padding
 from deepalign.training import TrainConfig
 
 # MMSA's published Self-MM configuration, transcribed independently of deepalign.model and
@@ -179,29 +179,68 @@ def test_malformed_alignment_spec_fails_in_the_config(spec):
 # --- forward --------------------------------------------------------------------------------
 
 
-def expected_widths(config: MSAConfig, text_width: int) -> dict[str, int]:
+def expected_widths(config: MSAConfig, text_width: int) -> dict[str, dict[str, int]]:
+    """The output groups, their names and widths, written out from the class docstring."""
     return {
-        "M": 1,
-        "T": 1,
-        "A": 1,
-        "V": 1,
-        "Feature_f": config.post_fusion_dim,
-        "Feature_t": config.post_text_dim,
-        "Feature_a": config.post_audio_dim,
-        "Feature_v": config.post_vision_dim,
-        "Encoder_t": text_width,
-        "Encoder_a": config.audio_out,
-        "Encoder_v": config.vision_out,
+        "predictions": {"fusion": 1, "text": 1, "audio": 1, "vision": 1},
+        "post": {
+            "fusion": config.post_fusion_dim,
+            "text": config.post_text_dim,
+            "audio": config.post_audio_dim,
+            "vision": config.post_vision_dim,
+        },
+        "encoder": {"text": text_width, "audio": config.audio_out, "vision": config.vision_out},
     }
+
+
+def shapes(out: dict) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Group -> name -> shape; plain dicts only (an OrderedDict or a tensor fails the test)."""
+    assert type(out) is dict
+    assert all(type(group) is dict for group in out.values())
+    return {g: {k: tuple(v.shape) for k, v in group.items()} for g, group in out.items()}
+
+
+def flat(out: dict) -> dict[tuple[str, str], torch.Tensor]:
+    """``(group, name) -> tensor`` over every output."""
+    return {(g, k): v for g, group in out.items() for k, v in group.items()}
 
 
 @pytest.mark.parametrize("dataset", sorted(PUBLISHED))
 def test_forward_shapes_for_every_preset(dataset):
     config = features_config(dataset)
     out = MultiTaskMSA(config)(*make_inputs(config, [8, 3, 1], [2, 8, 5]))
-    assert {k: tuple(v.shape) for k, v in out.items()} == {
-        k: (3, w) for k, w in expected_widths(config, TEXT_WIDTH).items()
+    expected = {
+        g: {k: (3, w) for k, w in group.items()}
+        for g, group in expected_widths(config, TEXT_WIDTH).items()
     }
+    assert shapes(out) == expected
+    assert list(out) == ["predictions", "post", "encoder"]
+    assert all(list(out[g]) == list(expected[g]) for g in out)  # the order is fixed too
+
+
+@pytest.mark.parametrize("align_on", ALIGN_ON)
+def test_alignment_reads_the_output_group_named_by_align_on(align_on):
+    """The feature groups carry the names of align_on's values; the loss reads that group and
+    nothing else, and says so when it is missing."""
+    torch.manual_seed(9)
+    config = features_config("mosi", alignment="T-V/A-V", align_on=align_on)
+    model = MultiTaskMSA(config)
+    out = model(*make_inputs(config, [8, 4, 6, 2], [8, 2, 3, 8]))
+    expected = {
+        "encoder": {"text": TEXT_WIDTH, "audio": 16, "vision": 32},
+        "post": {"text": 32, "audio": 16, "vision": 32},
+    }[align_on]
+    assert model.alignment.dims == expected
+    assert {k: v.shape[1] for k, v in out[align_on].items() if k != "fusion"} == expected
+    loss = model.alignment_loss(out)
+    assert torch.isfinite(loss)
+    other = "post" if align_on == "encoder" else "encoder"
+    spoiled = {**out, other: {k: torch.full_like(v, float("nan")) for k, v in out[other].items()}}
+    torch.testing.assert_close(model.alignment_loss(spoiled), loss, rtol=0, atol=0)
+    moved = {**out, align_on: {**out[align_on], "vision": out[align_on]["vision"].flip(1)}}
+    assert not torch.equal(model.alignment_loss(moved), loss)
+    with pytest.raises(ValueError, match=rf"^outputs: expected .*{align_on!r}"):
+        model.alignment_loss({k: v for k, v in out.items() if k != align_on})
 
 
 def test_bert_mode_reads_the_width_from_the_encoder(tiny_bert_dir):
@@ -210,8 +249,9 @@ def test_bert_mode_reads_the_width_from_the_encoder(tiny_bert_dir):
     text = token_inputs(2, 6, [6, 3])
     out = model(*make_inputs(config, [8, 4], [8, 2], text=text))
     assert model.text_dim == TINY_BERT_WIDTH
-    assert {k: tuple(v.shape) for k, v in out.items()} == {
-        k: (2, w) for k, w in expected_widths(config, TINY_BERT_WIDTH).items()
+    assert shapes(out) == {
+        g: {k: (2, w) for k, w in group.items()}
+        for g, group in expected_widths(config, TINY_BERT_WIDTH).items()
     }
 
 
@@ -220,8 +260,8 @@ def test_batch_of_one(training):
     config = features_config("mosei")
     model = MultiTaskMSA(config).train(training)
     out = model(*make_inputs(config, [3], [0]))
-    assert out["M"].shape == (1, 1)
-    assert out["Encoder_a"].shape == (1, config.audio_out)
+    assert out["predictions"]["fusion"].shape == (1, 1)
+    assert out["encoder"]["audio"].shape == (1, config.audio_out)
 
 
 def lstm_reference(lstm: torch.nn.LSTM, x: torch.Tensor) -> torch.Tensor:
@@ -259,20 +299,21 @@ def test_forward_matches_an_independent_reference():
             h_v = lstm_reference(enc.lstm, vision[i, : max(lengths_v[i], 1)])
             v = F.linear(h_v, enc.linear.weight, enc.linear.bias)
             t = text[i, 0]
-            got = {key: out[key][i] for key in out}
-            torch.testing.assert_close(got["Encoder_a"], a, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(got["Encoder_v"], v, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(got["Encoder_t"], t)
-            for key, head, x in [
-                ("f", model.fusion_head, torch.cat([t, a, v])),
-                ("t", model.text_head, t),
-                ("a", model.audio_head, a),
-                ("v", model.vision_head, v),
+            got = {g: {k: v[i] for k, v in group.items()} for g, group in out.items()}
+            torch.testing.assert_close(got["encoder"]["audio"], a, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got["encoder"]["vision"], v, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got["encoder"]["text"], t)
+            for name, head, x in [
+                ("fusion", model.fusion_head, torch.cat([t, a, v])),
+                ("text", model.text_head, t),
+                ("audio", model.audio_head, a),
+                ("vision", model.vision_head, v),
             ]:
                 feature, prediction = head_reference(head, x)
-                torch.testing.assert_close(got[f"Feature_{key}"], feature, rtol=1e-5, atol=1e-6)
-                name = "M" if key == "f" else key.upper()
-                torch.testing.assert_close(got[name], prediction, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(got["post"][name], feature, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(
+                    got["predictions"][name], prediction, rtol=1e-5, atol=1e-6
+                )
 
 
 def test_padding_and_other_samples_do_not_change_outputs():
@@ -289,6 +330,7 @@ def test_padding_and_other_samples_do_not_change_outputs():
         clean = model(text, audio, len_a, vision, len_v)
         noisy = model(noisy_text, noisy_audio, len_a, noisy_vision, len_v)
         alone = model(text[1:2], audio[1:2, :8], len_a[1:2], vision[1:2, :3], len_v[1:2])
+    clean, noisy, alone = flat(clean), flat(noisy), flat(alone)
     for key in clean:
         torch.testing.assert_close(noisy[key], clean[key])
         torch.testing.assert_close(alone[key], clean[key][1:2], rtol=1e-5, atol=1e-6)
@@ -305,8 +347,8 @@ def test_bert_padding_tokens_are_masked(tiny_bert_dir):
     with torch.no_grad():
         before = model(*inputs)
         after = model(changed, *inputs[1:])
-    torch.testing.assert_close(after["Encoder_t"], before["Encoder_t"])
-    assert not torch.equal(before["Encoder_t"][0], before["Encoder_t"][1])
+    torch.testing.assert_close(after["encoder"]["text"], before["encoder"]["text"])
+    assert not torch.equal(before["encoder"]["text"][0], before["encoder"]["text"][1])
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -322,8 +364,8 @@ def test_trailing_padding_is_trimmed_without_changing_outputs(tiny_bert_dir, poo
     )
     inputs = make_inputs(config, [8, 4, 1], [8, 2, 3], text=short)
     with torch.no_grad():
-        expected = model(*inputs)["Encoder_t"]
-        got = model(padded, *inputs[1:])["Encoder_t"]
+        expected = model(*inputs)["encoder"]["text"]
+        got = model(padded, *inputs[1:])["encoder"]["text"]
     torch.testing.assert_close(got, expected)
     assert calls == [(3, 7), (3, 7)]
 
@@ -344,7 +386,7 @@ def test_fusion_modality_dropout_zeroes_whole_modalities_in_training_only():
     inputs = make_inputs(config, [8] * 64, [8] * 64)
     out = model.train()(*inputs)
     fused, text = seen[-1], inputs[0][:, 0]
-    audio, video = out["Encoder_a"], out["Encoder_v"]
+    audio, video = out["encoder"]["audio"], out["encoder"]["vision"]
     a_out, v_out = config.audio_out, config.vision_out
     torch.testing.assert_close(fused[:, : config.feature_dims[0]], text)
     for block, full in ((fused[:, -a_out - v_out : -v_out], audio), (fused[:, -v_out:], video)):
@@ -352,10 +394,10 @@ def test_fusion_modality_dropout_zeroes_whole_modalities_in_training_only():
         assert 0 < dropped.sum() < 64  # independent per sample
         torch.testing.assert_close(block[~dropped], 2 * full[~dropped])  # scaled by 1/(1-p)
     with torch.no_grad():
-        evaluated = model.eval()(*inputs)["M"]
+        evaluated = model.eval()(*inputs)["predictions"]["fusion"]
         plain = MultiTaskMSA(features_config())
         plain.load_state_dict(model.state_dict())
-        torch.testing.assert_close(evaluated, plain.eval()(*inputs)["M"])
+        torch.testing.assert_close(evaluated, plain.eval()(*inputs)["predictions"]["fusion"])
 
 
 @pytest.mark.parametrize(
@@ -436,7 +478,7 @@ def test_frozen_text_encoder_gets_no_group_and_no_gradient(tiny_bert_dir):
     groups = model.parameter_groups(TrainConfig())
     assert [g["name"] for g in groups] == ["audio", "vision", "other"]
     out = model(*make_inputs(config, [8, 4], [8, 2], text=token_inputs(2, 6, [6, 3])))
-    out["T"].sum().backward()
+    out["predictions"]["text"].sum().backward()
     assert all(p.grad is None for p in model.text_encoder.parameters())
     assert model.text_head.post.weight.grad is not None
 
@@ -455,6 +497,8 @@ def test_text_features_path_equals_the_encoder_path(tiny_bert_dir, finetune):
     assert encoded.requires_grad == finetune
     direct = model(text, audio, len_a, vision, len_v)
     cached = model(None, audio, len_a, vision, len_v, text_features=encoded)
+    direct, cached = flat(direct), flat(cached)
+    assert cached.keys() == direct.keys()
     for key in direct:
         torch.testing.assert_close(cached[key], direct[key], rtol=0, atol=0)
     features = features_config("mosi")
@@ -530,8 +574,8 @@ def test_no_alignment_gives_zero():
     assert terms == {}
 
 
-@pytest.mark.parametrize(("align_on", "prefix"), [("encoder", "Encoder"), ("post", "Feature")])
-def test_va_alignment_is_the_covariance_loss_of_the_chosen_features(align_on, prefix):
+@pytest.mark.parametrize("align_on", ["encoder", "post"])
+def test_va_alignment_is_the_covariance_loss_of_the_chosen_features(align_on):
     torch.manual_seed(4)
     config = features_config("mosi", alignment="V-A", alignment_weight=0.3, align_on=align_on)
     model = MultiTaskMSA(config)
@@ -539,8 +583,8 @@ def test_va_alignment_is_the_covariance_loss_of_the_chosen_features(align_on, pr
     out = model(*make_inputs(config, [8, 4, 6, 2, 7, 8], [8, 2, 3, 8, 1, 5]))
     projections = model.alignment.projections
     assert projections["vision"].weight.shape == (32, 16)  # default d: the smaller width
-    x_v = out[f"{prefix}_v"] @ projections["vision"].weight
-    x_a = out[f"{prefix}_a"] @ projections["audio"].weight
+    x_v = out[align_on]["vision"] @ projections["vision"].weight
+    x_a = out[align_on]["audio"] @ projections["audio"].weight
     loss, terms = model.alignment_loss(out, return_terms=True)
     expected = coral_reference(x_v, x_a)
     assert expected > 0
@@ -605,9 +649,9 @@ def test_runs_on_cuda_with_cpu_or_cuda_lengths():
     model = MultiTaskMSA(config).cuda()
     text, audio, len_a, vision, len_v = make_inputs(config, [8, 4, 6], [8, 2, 3])
     out = model(text.cuda(), audio.cuda(), len_a, vision.cuda(), len_v.cuda())
-    loss = out["M"].sum() + model.alignment_loss(out)
+    loss = out["predictions"]["fusion"].sum() + model.alignment_loss(out)
     loss.backward()
-    assert out["M"].device.type == "cuda"
+    assert out["predictions"]["fusion"].device.type == "cuda"
     assert model.audio_encoder.lstm.weight_ih_l0.grad.abs().sum() > 0
 
 

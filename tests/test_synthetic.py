@@ -23,7 +23,8 @@ def test_preset_shapes(preset):
     assert train.tensors["text"].shape == (3, text_len, 8)
     assert train.tensors["audio"].shape == (3, *audio)
     assert train.tensors["vision"].shape == (3, *vision)
-    assert set(train.labels) == ({"M", "T", "A", "V"} if preset == "sims" else {"M"})
+    unimodal = {"text", "audio", "vision"} if preset == "sims" else set()
+    assert set(train.labels) == {"fusion"} | unimodal
 
 
 def test_default_text_width_is_bert_base():
@@ -102,7 +103,7 @@ def _pooled(ds, modality):
     return ((x * mask).sum(1) / mask.sum(1)).numpy()
 
 
-def _ridge_corr(splits, modalities, target="M", dataset="mosi"):
+def _ridge_corr(splits, modalities, target="fusion", dataset="mosi"):
     """Pearson correlation on test of a ridge regression on mean-pooled features."""
 
     def features(ds):
@@ -148,12 +149,12 @@ def test_text_signal_knob():
 def test_unimodal_offsets_are_carried_by_their_own_modality():
     splits = make_synthetic("sims", n_train=1000, seq_len=8, text_dim=16, seed=5)
     for ds in splits.values():
-        for m in "TAV":  # the planted offset y_m - y_M as a label of its own
-            ds.labels[f"offset_{m}"] = ds.labels[m] - ds.labels["M"]
-    assert _ridge_corr(splits, ["text"], "offset_T", "sims") > 0.5
-    assert _ridge_corr(splits, ["audio"], "offset_A", "sims") > 0.5
-    assert abs(_ridge_corr(splits, ["audio"], "offset_T", "sims")) < 0.15
-    assert abs(_ridge_corr(splits, ["text"], "offset_V", "sims")) < 0.15
+        for m in ("text", "audio", "vision"):  # the planted offset y_m - y_M as a label
+            ds.labels[f"offset_{m}"] = ds.labels[m] - ds.labels["fusion"]
+    assert _ridge_corr(splits, ["text"], "offset_text", "sims") > 0.5
+    assert _ridge_corr(splits, ["audio"], "offset_audio", "sims") > 0.5
+    assert abs(_ridge_corr(splits, ["audio"], "offset_text", "sims")) < 0.15
+    assert abs(_ridge_corr(splits, ["text"], "offset_vision", "sims")) < 0.15
 
 
 def test_nuisance_knob_adds_label_free_variance():
@@ -163,7 +164,7 @@ def test_nuisance_knob_adds_label_free_variance():
         _pooled(loud["train"], "vision").var(0).sum()
         > 2 * _pooled(quiet["train"], "vision").var(0).sum()
     )
-    torch.testing.assert_close(loud["train"].labels["M"], quiet["train"].labels["M"])
+    torch.testing.assert_close(loud["train"].labels["fusion"], quiet["train"].labels["fusion"])
 
 
 def test_sentiment_is_recoverable_from_token_ids():
@@ -173,7 +174,7 @@ def test_sentiment_is_recoverable_from_token_ids():
     is_lexicon = (ids >= 1000) & (ids < 1112)
     grade = torch.where(is_lexicon, (ids - 1000) // 16 - 3, 0).float()
     mean_grade = grade.sum(1) / is_lexicon.sum(1)
-    assert np.corrcoef(mean_grade.numpy(), train.labels["M"].numpy())[0, 1] > 0.5
+    assert np.corrcoef(mean_grade.numpy(), train.labels["fusion"].numpy())[0, 1] > 0.5
 
 
 @pytest.mark.parametrize(

@@ -67,10 +67,7 @@ def reference_run(model, splits, config, *, seed, epochs):
     optimizer = torch.optim.Adam(model.parameter_groups(config))
     train = splits["train"]
     ulgm = ULGM(len(train), {"fusion": 128, "text": 32, "audio": 16, "vision": 32}, H=config.H)
-    ulgm.init_labels(torch.arange(len(train)), train.labels["M"])
-    heads = {"fusion": "M", "text": "T", "audio": "A", "vision": "V"}
-    features = {"fusion": "Feature_f", "text": "Feature_t", "audio": "Feature_a"}
-    features["vision"] = "Feature_v"
+    ulgm.init_labels(torch.arange(len(train)), train.labels["fusion"])
     k = config.accumulate_grad_batches
     snapshots, stepped = [], []
     for epoch in range(1, epochs + 1):
@@ -86,8 +83,7 @@ def reference_run(model, splits, config, *, seed, epochs):
                 batch["text"], batch["audio"], batch["audio_lengths"], batch["vision"],
                 batch["vision_lengths"],
             )  # fmt: skip
-            predictions = {name: out[key] for name, key in heads.items()}
-            loss = ulgm.loss(predictions, batch["index"]) + model.alignment_loss(out)
+            loss = ulgm.loss(out["predictions"], batch["index"]) + model.alignment_loss(out)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             grads = [
                 torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
@@ -95,7 +91,8 @@ def reference_run(model, splits, config, *, seed, epochs):
             if summed is not None:
                 grads = [s + g for s, g in zip(summed, grads, strict=True)]
             summed = grads
-            ulgm.step({n: out[key].detach() for n, key in features.items()}, batch["index"], epoch)
+            features = {name: value.detach() for name, value in out["post"].items()}
+            ulgm.step(features, batch["index"], epoch)
             if position % k == k - 1:
                 for p, g in zip(params, summed, strict=True):
                     p.grad = g

@@ -42,7 +42,7 @@ def small(dataset="mosi", **overrides):
 
 def test_sims_data_with_mosi_metrics_is_an_error(sims):
     """Before: Trainer(model, sims_splits) silently reported Has0_acc_2 / Mult_acc_7."""
-    assert sorted(sims["train"].labels) == ["A", "M", "T", "V"]
+    assert sorted(sims["train"].labels) == ["audio", "fusion", "text", "vision"]
     model = features_model("sims", (TEXT_DIM, 33, 709))
     message = r"config\.dataset: got 'mosi', but the data looks like sims \(unimodal labels"
     with pytest.raises(ValueError, match=message):
@@ -55,7 +55,7 @@ def test_sims_data_with_mosi_metrics_is_an_error(sims):
 
 
 def test_mosi_data_with_sims_metrics_is_an_error(mosi):
-    largest = max(float(mosi[s].labels["M"].abs().max()) for s in mosi)
+    largest = max(float(mosi[s].labels["fusion"].abs().max()) for s in mosi)
     assert largest > 1
     with pytest.raises(ValueError, match=r"got 'sims', but the data looks like mosi/mosei"):
         Trainer(features_model(), mosi, TrainConfig.preset("sims"))
@@ -65,7 +65,7 @@ def test_planted_unimodal_labels_in_mosi_range_are_mosi():
     """The synthetic generator can plant unimodal labels on MOSI data: labels in [-3, 3] make it
     MOSI all the same."""
     planted = make_synthetic("mosi", n_train=16, seq_len=4, text_dim=TEXT_DIM, unimodal_labels=True)
-    assert "T" in planted["train"].labels
+    assert "text" in planted["train"].labels
     Trainer(features_model(), planted, small())
     with pytest.raises(ValueError, match="looks like mosi/mosei"):
         Trainer(features_model(), planted, small("sims"))
