@@ -34,7 +34,11 @@ EXPECTED = {
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"bench_{name}.py")
+    return load_script_named(f"bench_{name}")
+
+
+def load_script_named(stem: str):
+    spec = importlib.util.spec_from_file_location(stem, BENCHMARKS / f"{stem}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -116,3 +120,39 @@ def load_script_path(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_compare_versions_ratios_noise_and_verdicts():
+    compare = load_script_named("compare_versions").compare
+
+    def report(rows):
+        return {"results": rows}
+
+    def timing(median, iqr):
+        return {"median_s": median, "iqr_s": iqr}
+
+    baseline = {
+        "loss": report([{"n": 32, "d": 16, "deepalign": timing(2.0, 0.2)}]),
+        "wide": report([{"d": 256, "gram": timing(1.0, 0.0), "dxd": timing(4.0, 0.4)}]),
+        "spec": report([{"n": 8, "d": 8, "spec": timing(1.0, 0.1)}]),  # no current row
+    }
+    current = {
+        "loss": report([{"n": 32, "d": 16, "deepalign": timing(3.0, 0.3)}]),
+        "wide": report(
+            [
+                {"d": 256, "gram": timing(0.5, 0.0), "dxd": timing(4.1, 0.41)},
+                {"d": 1024, "gram": timing(9.0, 0.0)},  # no baseline case
+            ]
+        ),
+    }
+    rows = compare(baseline, current)
+    got = [(r["benchmark"], r["case"], r["variant"], r["verdict"]) for r in rows]
+    assert got == [
+        ("loss", "32×16", "deepalign", "slower"),
+        ("wide", "N=64, d=256", "gram", "faster"),
+        ("wide", "N=64, d=256", "dxd", "same"),
+    ]
+    # 3.0 / 2.0, with relative IQRs 0.1 and 0.1 in quadrature
+    assert rows[0]["ratio"] == pytest.approx(1.5)
+    assert rows[0]["noise"] == pytest.approx(0.1 * 2**0.5)
+    assert rows[2]["ratio"] == pytest.approx(4.1 / 4.0)
