@@ -536,32 +536,23 @@ def _pair_estimates(
     prechecked: bool = False,
 ) -> tuple[dict[str, list[torch.Tensor]], list[_PairMoments], list[bool]]:
     """The one dispatcher: validate, choose the path, return estimator -> one value per pair
-    (the ``/4d²`` scale applied), the moments (none on the plug-in's fused path, which
-    :func:`alignment_diagnostics` never takes) and whether each pair was treated as paired."""
+    (the ``/4d²`` scale applied), the moments and whether each pair was treated as paired
+    (the last two empty on the plug-in's fused path, whose callers use neither).
+
+    ``prechecked``: ``inputs`` are the two inputs of one pair, already checked as tensors of
+    one width on one device (:func:`covariance_alignment_loss`)."""
     group = process_group(sync_dist)
-    if any(len(pair) != 2 for pair in pairs):
-        raise ValueError(f"pairs: expected (first, second) name pairs, got {list(pairs)}")
-    if any(m == n for m, n in pairs):
-        raise ValueError(f"pairs: expected two different names per pair, got {list(pairs)}")
-    used = list(dict.fromkeys(name for pair in pairs for name in pair))
-    missing = [name for name in used if name not in inputs]
-    if missing:
-        raise ValueError(f"inputs: expected the names of pairs {list(pairs)}, missing {missing}")
-    need = max(MIN_ROWS[e] for e in estimators)
-    why = " for the unbiased estimator" if need > 2 else ""
-    if prechecked:  # tensors, 2-D, one device and one width: only the row counts are left
-        checked = {n: inputs[n] for n in used}
+    unbiased = "unbiased" in estimators
+    need = MIN_ROWS["unbiased" if unbiased else "plugin"]
+    why = " for the unbiased estimator" if unbiased else ""
+    if prechecked:  # one pair of tensors, 2-D, one device and one width: row counts are left
+        checked = inputs
         for name, x in checked.items():
             check_min_rows(x, name, 0 if group else need, why)
     else:
-        checked = {
-            n: _check_features(inputs[n], n, min_rows=0 if group else need, why=why) for n in used
-        }
-        check_same_device(**checked)
-    widths = {name: x.shape[1] for name, x in checked.items()}
-    if len(set(widths.values())) > 1:
-        raise ValueError(f"inputs: expected one width for all paired inputs, got {widths}")
-    d = next(iter(widths.values()))
+        checked = _check_named_features(inputs, pairs, 0 if group else need, why)
+    first = next(iter(checked.values()))
+    d = first.shape[1]
     local_rows = {name: x.shape[0] for name, x in checked.items()}
     if method == "gram" and group is not None:
         raise ValueError(
@@ -572,13 +563,14 @@ def _pair_estimates(
         and group is None
         and all(local_rows[m] + local_rows[n] < d for m, n in pairs)
     )
-    first = next(iter(checked.values()))
+    if group is None and not unbiased:  # the paper's loss on one process: one node, all pairs
+        if paired:
+            _resolve_paired(paired, pairs, local_rows)  # for its error: the plug-in ignores it
+        return _fused_plugin(checked, pairs, gram, validate), [], []
     dtype = compute_dtype(*checked.values())
-    # The paper's loss on one process: one node for every pair, centring inside.
-    fast = group is None and estimators == ("plugin",)
     with no_autocast(first.device):
-        rows = {} if fast else _centre_all(checked, dtype, group, validate)
-        counts = local_rows if fast else {name: c.count for name, c in rows.items()}
+        rows = _centre_all(checked, dtype, group, validate)
+        counts = {name: c.count for name, c in rows.items()}
         if group is not None:
             short = {n: c for n, c in counts.items() if c < need}
             if short:
@@ -589,8 +581,6 @@ def _pair_estimates(
         pairing = _resolve_paired(paired, pairs, local_rows if group is None else counts)
         if group is not None and any(pairing):
             _check_paired_everywhere(pairs, pairing, local_rows, group)
-        if fast:
-            return _fused_plugin(checked, pairs, dtype, gram, validate), [], pairing
         if gram:
             moments = _gram_moments(rows, pairs, pairing, estimators)
         else:
@@ -606,24 +596,47 @@ def _pair_estimates(
     return out, moments, pairing
 
 
+def _check_named_features(
+    inputs: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]], need: int, why: str
+) -> dict[str, torch.Tensor]:
+    """The inputs that the pairs name, in order of first use, checked: tensors, 2-D, at least
+    ``need`` rows, one device, one width."""
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError(f"pairs: expected (first, second) name pairs, got {list(pairs)}")
+    if any(m == n for m, n in pairs):
+        raise ValueError(f"pairs: expected two different names per pair, got {list(pairs)}")
+    used = list(dict.fromkeys(name for pair in pairs for name in pair))
+    missing = [name for name in used if name not in inputs]
+    if missing:
+        raise ValueError(f"inputs: expected the names of pairs {list(pairs)}, missing {missing}")
+    checked = {n: _check_features(inputs[n], n, min_rows=need, why=why) for n in used}
+    check_same_device(**checked)
+    widths = {name: x.shape[1] for name, x in checked.items()}
+    if len(set(widths.values())) > 1:
+        raise ValueError(f"inputs: expected one width for all paired inputs, got {widths}")
+    return checked
+
+
 def _fused_plugin(
     checked: Mapping[str, torch.Tensor],
     pairs: Sequence[tuple[str, str]],
-    dtype: torch.dtype,
     gram: bool,
     validate: bool | None,
 ) -> dict[str, list[torch.Tensor]]:
     """The paper's loss of every pair of local inputs in one :class:`PairDistances` (or
     :class:`GramPairDistances`) node."""
     index = {name: i for i, name in enumerate(checked)}
-    xs = [x.to(dtype) for x in checked.values()]
     pair_indexes = tuple((index[a], index[b]) for a, b in pairs)
+    xs = list(checked.values())
+    dtype = compute_dtype(*xs)
+    xs = [x if x.dtype == dtype else x.to(dtype) for x in xs]
     function = GramPairDistances if gram else PairDistances
-    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
-        values = function.apply(pair_indexes, *xs)[0]
-    else:  # no gradient wanted: the same forward without an autograd node
-        values = function.value(pair_indexes, xs)
-    if reads_values(validate, *checked.values()) and not all(map(math.isfinite, values.tolist())):
+    with no_autocast(xs[0].device):
+        if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+            values = function.apply(pair_indexes, *xs)[0]
+        else:  # no gradient wanted: the same forward without an autograd node
+            values = function.value(pair_indexes, xs)
+    if reads_values(validate, *xs) and not all(map(math.isfinite, values.tolist())):
         _raise_non_finite(torch.tensor(False), **checked)
     return {"plugin": list(values.unbind(-1))}
 
