@@ -156,12 +156,23 @@ def test_compile_fullgraph_aot_eager(estimator, method, paired):
     torch.testing.assert_close(a.grad, a2.grad)
 
 
-def test_compile_fullgraph_modality_alignment_multi_term():
+@pytest.mark.parametrize("n", [9, 3])  # the d×d and the Gram forms (3 + 3 < 8)
+@pytest.mark.parametrize("grad", [False, True])
+def test_compile_fullgraph_modality_alignment_multi_term(n, grad):
     torch._dynamo.reset()
-    align = ModalityAlignment("T-V/T+A/A-V", dict.fromkeys(("text", "audio", "vision"), 4))
-    feats = {m: rows(i, 9, 4, torch.float32) for i, m in enumerate(("text", "audio", "vision"))}
+    d = 8
+    align = ModalityAlignment("T-V/T+A/A-V", dict.fromkeys(("text", "audio", "vision"), d))
+    feats = {m: rows(i, n, d, torch.float32) for i, m in enumerate(("text", "audio", "vision"))}
+    if grad:  # audio fixed: one input of the fused node needs no gradient
+        feats = {m: x.requires_grad_(m != "audio") for m, x in feats.items()}
     compiled = torch.compile(align, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(feats), align(feats))
+    value = compiled(feats)
+    torch.testing.assert_close(value, align(feats))
+    if grad:
+        got = torch.autograd.grad(value, (feats["text"], feats["vision"]))
+        want = torch.autograd.grad(align(feats), (feats["text"], feats["vision"]))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w)
 
 
 @pytest.mark.slow
