@@ -113,7 +113,22 @@ def _pair_parts(
     return rows, torch.stack([cov[a] - cov[b] for a, b in pairs], dim=-3)
 
 
-class PairDistances(torch.autograd.Function):
+class _PairFunction(torch.autograd.Function):
+    """What the Functions of pairs share: ``apply(pairs, *xs)`` returns the losses first and
+    then the non-differentiable parts that backward reuses, saved after the inputs."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        pairs, *xs = inputs
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*xs, *output[1:])
+        ctx.pairs, ctx.inputs = pairs, len(xs)
+        ctx.set_materialize_grads(False)
+
+
+class PairDistances(_PairFunction):
     r"""``apply(pairs, *xs)``: the plug-in loss :math:`\theta_p = \lVert C_a -
     C_b\rVert_F^2/4d^2` of each pair ``p = (a, b)`` of input indexes, and (not differentiable)
     the stacked :math:`E_p = D_p/2d`, :math:`D_p = C_a - C_b`, and the centred inputs.
@@ -126,8 +141,6 @@ class PairDistances(torch.autograd.Function):
     recomputes them from the saved inputs in differentiable operations.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(pairs: tuple[tuple[int, int], ...], *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rows, scaled = _pair_parts(pairs, xs)
@@ -139,14 +152,6 @@ class PairDistances(torch.autograd.Function):
         variadic :meth:`forward` is also what :func:`torch.compile` cannot trace when no input
         requires a gradient)."""
         return _pair_parts(pairs, xs)[1].square().sum((-2, -1))
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        pairs, *xs = inputs
-        ctx.mark_non_differentiable(*output[1:])
-        ctx.save_for_backward(*xs, *output[1:])
-        ctx.pairs, ctx.inputs = pairs, len(xs)
-        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor | None, *_: Any) -> tuple[torch.Tensor | None, ...]:
@@ -200,7 +205,7 @@ def _gram_parts(
     return rows, grams, cross, raw * scale
 
 
-class GramPairDistances(torch.autograd.Function):
+class GramPairDistances(_PairFunction):
     r"""``apply(pairs, *xs)``: the losses of :class:`PairDistances` from ``N×N`` Gram matrices
     (:math:`O(N^2d)`, no ``d×d`` matrix), clamped at 0 (rounding must not make the plug-in
     negative), and (not differentiable) the unclamped losses, centred inputs, Gram matrices and
@@ -213,8 +218,6 @@ class GramPairDistances(torch.autograd.Function):
     with ``create_graph`` the parts are recomputed in differentiable operations.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(pairs: tuple[tuple[int, int], ...], *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rows, grams, cross, raw = _gram_parts(pairs, xs)
@@ -224,14 +227,6 @@ class GramPairDistances(torch.autograd.Function):
     def value(pairs: tuple[tuple[int, int], ...], xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The losses alone (see :meth:`PairDistances.value`)."""
         return _gram_parts(pairs, xs)[3].clamp_min(0)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        pairs, *xs = inputs
-        ctx.mark_non_differentiable(*output[1:])
-        ctx.save_for_backward(*xs, *output[1:])
-        ctx.pairs, ctx.inputs = pairs, len(xs)
-        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor | None, *_: Any) -> tuple[torch.Tensor | None, ...]:
