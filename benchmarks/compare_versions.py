@@ -105,6 +105,30 @@ def compare(
     return rows
 
 
+def summary(rows: Sequence[dict[str, Any]], baseline: str) -> dict[str, Any]:
+    """The table that ``run_all.py`` renders into the docs and the README."""
+    return {
+        "title": f"This version against {baseline}, same machine and session",
+        "columns": ["benchmark", "variant", "case", f"{baseline}", "this version", "ratio"],
+        "rows": [
+            [
+                r["benchmark"],
+                r["variant"],
+                r["case"],
+                f"{r['baseline_s'] * 1e6:.0f} µs",
+                f"{r['current_s'] * 1e6:.0f} µs",
+                f"{r['ratio']:.2f} ± {r['noise']:.2f} ({r['verdict']})",
+            ]
+            for r in rows
+        ],
+        "note": (
+            "Forward + backward, float32, medians; ratio = this version ÷ the baseline, ± the "
+            "relative IQRs of both in quadrature; slower/faster: the ratio lies beyond that "
+            "noise. `benchmarks/compare_versions.py` runs both versions' own scripts."
+        ),
+    }
+
+
 def extract(commit: str, into: Path) -> Path:
     """The package and benchmarks of ``commit``, extracted under ``into``."""
     archive = subprocess.run(
@@ -186,10 +210,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = compare(reports["baseline"], reports["current"])
     env = next(iter(reports["current"].values()))["environment"]
     report = {
+        "benchmark": "versions",
         "baseline": args.baseline,
         "environment": env,
         "quick": args.quick,
         "rows": rows,
+        "summary": summary(rows, args.baseline),
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     title = (

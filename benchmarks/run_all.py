@@ -54,7 +54,8 @@ def run_benchmark(name: str, args: argparse.Namespace) -> None:
 
 
 def load_reports() -> list[dict[str, Any]]:
-    paths = (RESULTS / f"{name}.json" for name in BENCHMARKS)
+    """The reports of every benchmark, then compare_versions.py's when it exists."""
+    paths = (RESULTS / f"{name}.json" for name in (*BENCHMARKS, "versions"))
     return [json.loads(path.read_text()) for path in paths if path.exists()]
 
 

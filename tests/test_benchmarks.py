@@ -38,10 +38,7 @@ def load_script(name: str):
 
 
 def load_script_named(stem: str):
-    spec = importlib.util.spec_from_file_location(stem, BENCHMARKS / f"{stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script_path(BENCHMARKS / f"{stem}.py")
 
 
 @pytest.fixture(autouse=True)
@@ -156,3 +153,12 @@ def test_compare_versions_ratios_noise_and_verdicts():
     assert rows[0]["ratio"] == pytest.approx(1.5)
     assert rows[0]["noise"] == pytest.approx(0.1 * 2**0.5)
     assert rows[2]["ratio"] == pytest.approx(4.1 / 4.0)
+    table = load_script_named("compare_versions").summary(rows, "abc1234")
+    assert table["rows"][0] == [
+        "loss",
+        "deepalign",
+        "32×16",
+        "2000000 µs",
+        "3000000 µs",
+        "1.50 ± 0.14 (slower)",
+    ]
