@@ -124,7 +124,7 @@ def summary(rows: Sequence[dict[str, Any]], baseline: str) -> dict[str, Any]:
         "note": (
             "Forward + backward, float32, medians; ratio = this version ÷ the baseline, ± the "
             "relative IQRs of both in quadrature; slower/faster: the ratio lies beyond that "
-            "noise. `benchmarks/compare_versions.py` runs both versions' own scripts."
+            "noise. benchmarks/compare_versions.py runs both versions' own scripts."
         ),
     }
 
