@@ -92,14 +92,7 @@ class Covariance(torch.autograd.Function):
         if torch.is_grad_enabled():
             rows = _subtract_mean(x) if ctx.centre else x
         with no_autocast(x.device):
-            return covariance_vjp(rows, grad, ctx.scale), None, None
-
-
-def covariance_vjp(rows: torch.Tensor, grad: torch.Tensor, scale: float) -> torch.Tensor:
-    r"""The gradient with respect to :math:`X` of :math:`P = s\,\tilde X^\top\tilde X` given
-    :math:`G = \partial L/\partial P`: :math:`s\,\tilde X(G + G^\top)`, one product (the
-    centring adds nothing: the columns of the result sum to 0)."""
-    return rows @ ((grad + grad.mT) * scale)
+            return rows @ ((grad + grad.mT) * ctx.scale), None, None
 
 
 def _pair_parts(

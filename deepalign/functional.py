@@ -470,35 +470,35 @@ def _dense_moments(
 
 
 def _gram_moments(
-    rows: Mapping[str, _Centred],
-    pairs: Sequence[tuple[str, str]],
-    paired: Sequence[bool],
-    estimators: Sequence[str],
+    rows: Mapping[str, _Centred], pairs: Sequence[tuple[str, str]], paired: Sequence[bool]
 ) -> list[_PairMoments]:
-    r"""Moments from ``N×N`` Gram matrices of local batches: :math:`\lVert C_m\rVert^2 =
-    k_m^2\lVert\tilde M_m\tilde M_m^\top\rVert^2`, :math:`\langle C_m, C_n\rangle =
-    k_mk_n\lVert\tilde M_m\tilde M_n^\top\rVert^2`, no ``d×d`` matrix."""
+    r"""The unbiased estimator's moments from ``N×N`` Gram matrices of local batches:
+    :math:`\lVert C_m\rVert^2 = k_m^2\lVert\tilde M_m\tilde M_m^\top\rVert^2`,
+    :math:`\langle C_m, C_n\rangle = k_mk_n\lVert\tilde M_m\tilde M_n^\top\rVert^2`, no ``d×d``
+    matrix (the plug-in alone takes :class:`~deepalign._kernels.GramPairDistances`)."""
     used = list(dict.fromkeys(name for pair in pairs for name in pair))
     x = {n: rows[n].rows for n in used}
     k = {n: 1.0 / (rows[n].count - 1) for n in used}
     gram = {n: x[n] @ x[n].mT for n in used}
     sq = {n: gram[n].square().sum() * k[n] ** 2 for n in used}
-    unbiased = "unbiased" in estimators
+    tr = {n: gram[n].diagonal().sum() * k[n] for n in used}
+    q = {n: gram[n].diagonal().square().sum() for n in used}
     moments = []
     for (a, b), is_paired in zip(pairs, paired, strict=True):
         cross = x[a] @ x[b].mT
         inner = cross.square().sum() * (k[a] * k[b])
-        diff_sq = sq[a] + sq[b] - 2 * inner
-        m = _PairMoments(rows[a].count, rows[b].count, diff_sq, sq[a], sq[b])
-        if unbiased:
-            diag = {n: gram[n].diagonal() for n in (a, b)}
-            m = m._replace(
-                tr_a=diag[a].sum() * k[a],
-                tr_b=diag[b].sum() * k[b],
-                q_a=diag[a].square().sum(),
-                q_b=diag[b].square().sum(),
-            )
-        if unbiased and is_paired:
+        m = _PairMoments(
+            rows[a].count,
+            rows[b].count,
+            sq[a] + sq[b] - 2 * inner,
+            sq[a],
+            sq[b],
+            tr[a],
+            tr[b],
+            q[a],
+            q[b],
+        )
+        if is_paired:
             m = m._replace(
                 inner=inner,
                 cross_sq=(cross * cross.mT).sum() * k[a] ** 2,
@@ -582,7 +582,7 @@ def _pair_estimates(
         if group is not None and any(pairing):
             _check_paired_everywhere(pairs, pairing, local_rows, group)
         if gram:
-            moments = _gram_moments(rows, pairs, pairing, estimators)
+            moments = _gram_moments(rows, pairs, pairing)
         else:
             moments = _dense_moments(rows, pairs, pairing, estimators, group)
         scale = 1.0 / (4 * d * d)
