@@ -29,7 +29,7 @@ RESULTS = HERE / "results"
 PLOTS = ROOT / "docs" / "_static" / "benchmarks"
 README = HERE / "README.md"
 DOCS_PAGE = ROOT / "docs" / "benchmarks.rst"
-BENCHMARKS = ("loss", "wide", "spec", "ulgm", "train_step")
+BENCHMARKS = ("loss", "wide", "spec", "overhead", "ulgm", "train_step")
 MARKDOWN_MARKERS = ("<!-- benchmarks:start -->", "<!-- benchmarks:end -->")
 RST_MARKERS = (".. benchmarks:start", ".. benchmarks:end")
 

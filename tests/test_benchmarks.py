@@ -25,6 +25,11 @@ EXPECTED = {
     "wide": (("gram", "dxd"), {"d", "dxd_over_gram_time", "dxd_over_gram_memory"}, True),
     "spec": (("spec", "independent"), {"n", "d", "spec_over_independent"}, True),
     "ulgm": (("incremental", "rescan"), {"num_samples"}, False),
+    "overhead": (
+        ("math", "ctx_style", "setup_context", "kernel", "unvalidated", "loss"),
+        {"n", "d"},
+        False,
+    ),
     "train_step": (
         ("bare", "ulgm", "ulgm_align", "extras"),
         {"batch_size", "overhead_percent"},
