@@ -22,26 +22,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
-import io
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 import deepalign
-from deepalign import distributed
+from deepalign import distributed, rundir
 from deepalign._checks import check_choice, check_in_range, check_positive_int
 from deepalign.data import LABEL_KEYS, MMSADataset, collate
 from deepalign.functional import MIN_ROWS
@@ -58,14 +55,13 @@ __all__ = [
     "Trainer",
 ]
 
-CHECKPOINT = "checkpoint.pt"
-"""File name of the checkpoint in ``out_dir`` (the last finished epoch)."""
-PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
-"""File name of the checkpoint of the epoch before :data:`CHECKPOINT`'s, kept as a fallback."""
+CHECKPOINT = rundir.CHECKPOINT
+"""File name of the checkpoint in ``out_dir`` (the last finished epoch;
+:data:`deepalign.rundir.CHECKPOINT`)."""
+PREVIOUS_CHECKPOINT = rundir.PREVIOUS_CHECKPOINT
+"""File name of the checkpoint of the epoch before :data:`CHECKPOINT`'s, kept as a fallback
+(:data:`deepalign.rundir.PREVIOUS_CHECKPOINT`)."""
 RESUME_MISMATCH = ("error", "override")
-#: Fields of TrainConfig that change no computed number: resume accepts any value.
-_FREE_ON_RESUME = ("train.num_workers", "train.pin_memory")
-_CHECKPOINT_KEYS = ("model", "optimizer", "ulgm", "best_model", "state", "history", "rng", "run")
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "mosi": {
@@ -393,16 +389,11 @@ class Trainer:
         Returns:
             ``{"model": ..., "train": ..., "seed": ..., "version": ..., "data": ...}`` with
             JSON values: the two configs as dicts, the seed, ``deepalign.__version__`` and
-            ``data_id`` (or ``None``).
+            ``data_id`` (or ``None``); see :func:`deepalign.rundir.run_identity`.
         """
-        identity = {
-            "model": asdict(self.model.config),
-            "train": asdict(self.config),
-            "seed": self.seed,
-            "version": deepalign.__version__,
-            "data": self.data_id,
-        }
-        return json.loads(json.dumps(identity))
+        return rundir.run_identity(
+            self.model.config, self.config, self.seed, self.data_id, version=deepalign.__version__
+        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -693,25 +684,15 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if self.out_dir is None or not distributed.is_main():
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / CHECKPOINT
-        if path.exists():
-            _keep_previous(path, self.out_dir / PREVIOUS_CHECKPOINT)
-        checkpoint = self._checkpoint()
-        _atomic_write(path, lambda f: torch.save(checkpoint, f))
-        _write_history(self.history, self.out_dir)
+        rundir.write_checkpoint(self.out_dir, self._checkpoint())
+        rundir.write_history(self.history, self.out_dir)
 
     def _load_checkpoint(self) -> None:
         assert self.out_dir is not None
-        path, previous = self.out_dir / CHECKPOINT, self.out_dir / PREVIOUS_CHECKPOINT
-        if not path.exists():
-            if previous.exists():
-                raise ValueError(
-                    f"{path}: not found, but {previous} is there: rename it to {path.name} to "
-                    f"resume from the epoch it holds, or delete it to start afresh"
-                )
+        saved = rundir.load_checkpoint(self.out_dir, self.device)
+        if saved is None:
             return  # nothing to resume: a fresh run
-        saved = _read_checkpoint(path, previous, self.device)
+        path = self.out_dir / CHECKPOINT
         self._check_identity(saved, path)
         try:
             self.model.load_state_dict(saved["model"])
@@ -732,22 +713,15 @@ class Trainer:
 
     def _check_identity(self, saved: Mapping[str, Any], path: Path) -> None:
         """Compare the checkpoint's run identity with this trainer's; raise or record."""
-        old, new = saved["run"], self.run_identity()
         done = saved["state"]["epoch"]
-        differences = {
-            key: values
-            for key, values in _differences(old, new).items()
-            if key not in _FREE_ON_RESUME
-            and not (key == "train.max_epochs" and isinstance(values[1], int) and values[1] >= done)
-        }
+        differences = rundir.identity_differences(
+            saved["run"], self.run_identity(), epochs_done=done
+        )
         if not differences:
             return
-        listing = "\n".join(
-            f"  {key}: checkpoint {json.dumps(a)}, now {json.dumps(b)}"
-            for key, (a, b) in differences.items()
-        )
+        listing = rundir.format_differences(differences, stored="checkpoint")
         if self.resume_mismatch == "error":
-            raise ValueError(
+            raise rundir.RunMismatchError(
                 f"{path}: the checkpoint was written by another configuration; resuming would "
                 f"mix two runs. Differences:\n{listing}\nResume with the checkpoint's "
                 f"configuration, use another out_dir, or pass resume_mismatch='override' to "
@@ -767,15 +741,14 @@ class Trainer:
         """``run.json``: the resolved configuration and any overridden resumes."""
         if self.out_dir is None or not distributed.is_main():
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         run = {**self.run_identity(), "resume_overrides": self.overrides}
-        _atomic_write_text(self.out_dir / "run.json", json.dumps(run, indent=2) + "\n")
+        rundir.write_json(self.out_dir / "run.json", run)
 
     def _write(self, result: TrainResult) -> None:
         if self.out_dir is None or not distributed.is_main():
             return
         summary = {k: v for k, v in asdict(result).items() if k != "history"}
-        _atomic_write_text(self.out_dir / "results.json", json.dumps(summary, indent=2) + "\n")
+        rundir.write_json(self.out_dir / "results.json", summary)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -876,94 +849,3 @@ def _check_dataset(dataset: str, splits: Mapping[str, MMSADataset]) -> None:
             f"its metrics would be the wrong ones. Use TrainConfig.preset("
             f"{looks.split('/')[0]!r}) or set dataset to match the data."
         )
-
-
-def _differences(old: object, new: object, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """Dotted keys whose values differ between two nested JSON dicts: ``{key: (old, new)}``."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        found: dict[str, tuple[Any, Any]] = {}
-        for key in dict.fromkeys([*old, *new]):
-            name = f"{prefix}.{key}" if prefix else str(key)
-            found |= _differences(old.get(key, "<absent>"), new.get(key, "<absent>"), name)
-        return found
-    return {} if old == new else {prefix: (old, new)}
-
-
-def _read_checkpoint(path: Path, previous: Path, device: torch.device) -> dict[str, Any]:
-    """Load a checkpoint; a corrupt, truncated or foreign file is a ValueError saying what to do."""
-    advice = (
-        f"rename {previous.name} (the epoch before) to {path.name} to resume from it, or delete "
-        f"{path.name} to start afresh"
-        if previous.exists()
-        else f"delete {path.name} to start afresh"
-    )
-    try:
-        saved = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        raise ValueError(
-            f"{path}: cannot read the checkpoint, it is corrupted or truncated ({reason}); {advice}"
-        ) from None
-    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(saved, dict) or key not in saved]
-    if missing:
-        raise ValueError(
-            f"{path}: not a deepalign checkpoint of this version (missing {missing}); {advice}"
-        )
-    return saved
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` so that it is, at every moment, either the old file or the complete new one.
-
-    The bytes go to a temporary file in the same folder, which is flushed and ``fsync``-ed,
-    then renamed over ``path`` (:func:`os.replace`, atomic), then the folder is ``fsync``-ed so
-    that the rename itself survives a power loss.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _keep_previous(path: Path, previous: Path) -> None:
-    """Make ``previous`` a copy of ``path`` (a hard link when the file system has them)."""
-    tmp = previous.with_name(previous.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, previous)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows: folders cannot be opened; the rename is atomic there too
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_history(history: list[dict[str, float]], out_dir: Path) -> None:
-    _atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2) + "\n")
-    columns = list(dict.fromkeys(k for record in history for k in record))
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    _atomic_write_text(out_dir / "history.csv", buffer.getvalue())
