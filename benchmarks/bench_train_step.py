@@ -28,7 +28,7 @@ import common
 import torch
 
 from deepalign import ULGM, MSAConfig, MultiTaskMSA
-from deepalign.training import TrainConfig
+from deepalign.training import TrainConfig, parameter_groups
 
 BATCHES = (16, 64)
 QUICK_BATCHES = (4,)
@@ -88,7 +88,7 @@ def model_inputs(batch: Batch) -> tuple[torch.Tensor, ...]:
 
 def training_step(variant: str, batch: Batch, device: torch.device) -> Callable[[], object]:
     model = make_model("V-A" if variant == "ulgm_align" else None, device)
-    optimizer = torch.optim.Adam(model.parameter_groups(TrainConfig.preset("mosi")))
+    optimizer = torch.optim.Adam(parameter_groups(model, TrainConfig.preset("mosi")))
     ulgm = None if variant == "bare" else make_ulgm(model, device)
     inputs = model_inputs(batch)
     index = batch["index"]

@@ -26,6 +26,14 @@ import numpy as np
 
 from deepalign._checks import check_choice, check_in_range, check_positive_int
 
+LABEL_KEYS = {
+    "fusion": "regression_labels",
+    "text": "regression_labels_T",
+    "audio": "regression_labels_A",
+    "vision": "regression_labels_V",
+}
+"""Label name -> key of the MMSA pickle (the one table; :mod:`deepalign.data` re-exports it)."""
+
 CLS_ID, SEP_ID, PAD_ID, VOCAB_SIZE = 101, 102, 0, 30522
 LEXICON_START, LEXICON_WORDS_PER_GRADE, GRADES = 1000, 16, 3
 NEUTRAL_START = 2000
@@ -272,9 +280,6 @@ def _label_columns(
         return np.clip(steps * spec.label_step, -spec.label_limit, spec.label_limit).astype(
             np.float32
         )
-
-    # The one table of label names -> pickle keys; imported here, as deepalign.data imports us.
-    from deepalign.data import LABEL_KEYS
 
     names = list(LABEL_KEYS) if unimodal else ["fusion"]
     labels = {LABEL_KEYS[name]: to_label(latent[name]) for name in names}

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, default_collate
 
 from deepalign._checks import check_choice
 from deepalign._safe_pickle import CorruptPickleError, SafeUnpickler, UnsafePickleError, safe_load
-from deepalign._synthetic import PRESETS, synthetic_mmsa_dict
+from deepalign._synthetic import LABEL_KEYS, PRESETS, synthetic_mmsa_dict
 
 __all__ = [
     "LABEL_KEYS",
@@ -47,12 +47,6 @@ __all__ = [
 
 SPLITS = ("train", "valid", "test")
 FEATURE_MODALITIES = ("text", "audio", "vision")
-LABEL_KEYS = {
-    "fusion": "regression_labels",
-    "text": "regression_labels_T",
-    "audio": "regression_labels_A",
-    "vision": "regression_labels_V",
-}
 LABEL_RANGE = (-3.0, 3.0)
 _STD_FLOOR = 1e-6
 _MAX_TOKEN_ID = 2**31 - 1

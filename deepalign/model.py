@@ -13,7 +13,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,9 +35,6 @@ from deepalign.alignment import (
     parse_spec,
 )
 from deepalign.text import load_text_encoder, text_width
-
-if TYPE_CHECKING:
-    from deepalign.training import TrainConfig
 
 __all__ = ["ALIGN_ON", "PRESETS", "TEXT_MODES", "TEXT_POOLING", "MSAConfig", "MultiTaskMSA"]
 
@@ -103,7 +100,6 @@ _DROPOUT_FIELDS = (
     "post_vision_dropout",
     "fusion_modality_dropout",
 )
-_NO_DECAY = ("bias", "LayerNorm")
 
 
 @dataclass(frozen=True)
@@ -727,77 +723,6 @@ class MultiTaskMSA(nn.Module):
                 f"(config.align_on), got {found}"
             )
         return features
-
-    def parameter_groups(self, train_config: TrainConfig) -> list[dict[str, Any]]:
-        """Adam parameter groups with per-group learning rate and weight decay (Self-MM's).
-
-        ========================  =====================  ==========================
-        group                     learning rate          weight decay
-        ========================  =====================  ==========================
-        ``text_decay``            ``lr_text``            ``weight_decay_text``
-        ``text_no_decay``         ``lr_text``            0 (names with ``bias``/``LayerNorm``)
-        ``audio``                 ``lr_audio``           ``weight_decay_audio``
-        ``vision``                ``lr_vision``          ``weight_decay_vision``
-        ``other``                 ``lr_other``           ``weight_decay_other``
-        ========================  =====================  ==========================
-
-        The audio and vision groups are the sequence encoders (LSTM and output layer);
-        ``other`` is the heads and any learned alignment projection. Frozen parameters
-        (``finetune_text=False``) and empty groups are left out.
-
-        Args:
-            train_config: where to read the rates, a
-                :class:`~deepalign.training.TrainConfig`.
-
-        Returns:
-            A list of dicts with keys ``name``, ``params``, ``lr``, ``weight_decay``, ready for
-            :class:`torch.optim.Adam`.
-
-        Raises:
-            TypeError: if ``train_config`` is not a :class:`~deepalign.training.TrainConfig`.
-
-        Example:
-            >>> from deepalign import MSAConfig, MultiTaskMSA
-            >>> from deepalign.training import TrainConfig
-            >>> config = MSAConfig.preset("mosei", text_mode="features", feature_dims=(8, 74, 35))
-            >>> groups = MultiTaskMSA(config).parameter_groups(TrainConfig.preset("mosei"))
-            >>> [(g["name"], g["lr"], g["weight_decay"]) for g in groups]
-            [('audio', 0.005, 0.0), ('vision', 0.0001, 0.0), ('other', 0.001, 0.01)]
-        """
-        from deepalign.training import TrainConfig  # deepalign.training imports this module
-
-        if not isinstance(train_config, TrainConfig):
-            raise TypeError(
-                f"train_config: expected a TrainConfig, got {type(train_config).__name__}"
-            )
-        c = train_config
-        text = [] if self.text_encoder is None else list(self.text_encoder.named_parameters())
-        text_decay, text_no_decay = _split_no_decay(text)
-        encoders = {"text_encoder", "audio_encoder", "vision_encoder"}
-        other = [p for n, p in self.named_parameters() if n.split(".")[0] not in encoders]
-        audio = list(self.audio_encoder.parameters())
-        vision = list(self.vision_encoder.parameters())
-        groups = [
-            ("text_decay", text_decay, c.lr_text, c.weight_decay_text),
-            ("text_no_decay", text_no_decay, c.lr_text, 0.0),
-            ("audio", audio, c.lr_audio, c.weight_decay_audio),
-            ("vision", vision, c.lr_vision, c.weight_decay_vision),
-            ("other", other, c.lr_other, c.weight_decay_other),
-        ]
-        return [
-            {"name": name, "params": trainable, "lr": lr, "weight_decay": decay}
-            for name, params, lr, decay in groups
-            if (trainable := [p for p in params if p.requires_grad])
-        ]
-
-
-def _split_no_decay(
-    named: list[tuple[str, nn.Parameter]],
-) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Split BERT parameters into (decayed, not decayed): biases and LayerNorms get no decay."""
-    no_decay = [p for n, p in named if any(word in n for word in _NO_DECAY)]
-    ids = {id(p) for p in no_decay}
-    return [p for _, p in named if id(p) not in ids], no_decay
 
 
 def _trim_padding(tokens: torch.Tensor) -> torch.Tensor:

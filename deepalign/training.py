@@ -53,6 +53,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "parameter_groups",
 ]
 
 CHECKPOINT = rundir.CHECKPOINT
@@ -132,7 +133,7 @@ class TrainConfig:
             (:func:`deepalign.metrics.msa_metrics`); the trainer checks it against the data.
         batch_size: samples per batch (at least 2 with an alignment: a covariance needs 2).
         lr_text, lr_audio, lr_vision, lr_other: Adam learning rates of the parameter groups of
-            :meth:`~deepalign.MultiTaskMSA.parameter_groups` (text encoder, audio encoder,
+            :func:`parameter_groups` (text encoder, audio encoder,
             vision encoder, everything else).
         weight_decay_text, weight_decay_audio, weight_decay_vision, weight_decay_other: their
             weight decays (text-encoder biases and LayerNorm weights always get 0).
@@ -358,7 +359,7 @@ class Trainer:
         self.progress = progress
         self.log_every_step = bool(log_every_step)
         self.ulgm = self._build_ulgm(splits["train"]).to(self.device)
-        self.optimizer = torch.optim.Adam(model.parameter_groups(config))
+        self.optimizer = torch.optim.Adam(parameter_groups(model, config))
         self.network = self._wrap(model)
         self.state: dict[str, Any] = {
             "epoch": 0, "best_epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "step": 0,
@@ -749,6 +750,83 @@ class Trainer:
             return
         summary = {k: v for k, v in asdict(result).items() if k != "history"}
         rundir.write_json(self.out_dir / "results.json", summary)
+
+
+# ---------------------------------------------------------------------- parameter groups
+
+_NO_DECAY = ("bias", "LayerNorm")
+
+
+def parameter_groups(model: MultiTaskMSA, train_config: TrainConfig) -> list[dict[str, Any]]:
+    """Adam parameter groups with per-group learning rate and weight decay (Self-MM's).
+
+    ========================  =====================  ==========================
+    group                     learning rate          weight decay
+    ========================  =====================  ==========================
+    ``text_decay``            ``lr_text``            ``weight_decay_text``
+    ``text_no_decay``         ``lr_text``            0 (names with ``bias``/``LayerNorm``)
+    ``audio``                 ``lr_audio``           ``weight_decay_audio``
+    ``vision``                ``lr_vision``          ``weight_decay_vision``
+    ``other``                 ``lr_other``           ``weight_decay_other``
+    ========================  =====================  ==========================
+
+    The audio and vision groups are the sequence encoders (LSTM and output layer);
+    ``other`` is the heads and any learned alignment projection. Frozen parameters
+    (``finetune_text=False``) and empty groups are left out.
+
+    Args:
+        model: the model whose parameters are grouped.
+        train_config: where to read the rates, a
+            :class:`~deepalign.training.TrainConfig`.
+
+    Returns:
+        A list of dicts with keys ``name``, ``params``, ``lr``, ``weight_decay``, ready for
+        :class:`torch.optim.Adam`.
+
+    Raises:
+        TypeError: if ``model`` is not a :class:`~deepalign.MultiTaskMSA` or
+            ``train_config`` not a :class:`~deepalign.training.TrainConfig`.
+
+    Example:
+        >>> from deepalign import MSAConfig, MultiTaskMSA
+        >>> from deepalign.training import TrainConfig, parameter_groups
+        >>> config = MSAConfig.preset("mosei", text_mode="features", feature_dims=(8, 74, 35))
+        >>> groups = parameter_groups(MultiTaskMSA(config), TrainConfig.preset("mosei"))
+        >>> [(g["name"], g["lr"], g["weight_decay"]) for g in groups]
+        [('audio', 0.005, 0.0), ('vision', 0.0001, 0.0), ('other', 0.001, 0.01)]
+    """
+    if not isinstance(model, MultiTaskMSA):
+        raise TypeError(f"model: expected a MultiTaskMSA, got {type(model).__name__}")
+    if not isinstance(train_config, TrainConfig):
+        raise TypeError(f"train_config: expected a TrainConfig, got {type(train_config).__name__}")
+    c = train_config
+    text = [] if model.text_encoder is None else list(model.text_encoder.named_parameters())
+    text_decay, text_no_decay = _split_no_decay(text)
+    encoders = {"text_encoder", "audio_encoder", "vision_encoder"}
+    other = [p for n, p in model.named_parameters() if n.split(".")[0] not in encoders]
+    audio = list(model.audio_encoder.parameters())
+    vision = list(model.vision_encoder.parameters())
+    groups = [
+        ("text_decay", text_decay, c.lr_text, c.weight_decay_text),
+        ("text_no_decay", text_no_decay, c.lr_text, 0.0),
+        ("audio", audio, c.lr_audio, c.weight_decay_audio),
+        ("vision", vision, c.lr_vision, c.weight_decay_vision),
+        ("other", other, c.lr_other, c.weight_decay_other),
+    ]
+    return [
+        {"name": name, "params": trainable, "lr": lr, "weight_decay": decay}
+        for name, params, lr, decay in groups
+        if (trainable := [p for p in params if p.requires_grad])
+    ]
+
+
+def _split_no_decay(
+    named: list[tuple[str, nn.Parameter]],
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split BERT parameters into (decayed, not decayed): biases and LayerNorms get no decay."""
+    no_decay = [p for n, p in named if any(word in n for word in _NO_DECAY)]
+    ids = {id(p) for p in no_decay}
+    return [p for _, p in named if id(p) not in ids], no_decay
 
 
 # ---------------------------------------------------------------------- helpers

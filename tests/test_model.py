@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from deepalign import ModalityAlignment, MSAConfig, MultiTaskMSA
 from deepalign.alignment import ESTIMATORS
 from deepalign.model import ALIGN_ON, _trim_padding
-from deepalign.training import TrainConfig
+from deepalign.training import TrainConfig, parameter_groups
 
 # MMSA's published Self-MM configuration, transcribed independently of deepalign.model and
 # deepalign.training (the training half is checked in test_training.py).
@@ -444,7 +444,7 @@ def test_parameter_groups(tiny_bert_dir, dataset):
     config = MSAConfig.preset(dataset, text_encoder=tiny_bert_dir)
     model = MultiTaskMSA(config)
     train_config = TrainConfig.preset(dataset)
-    groups = {g["name"]: g for g in model.parameter_groups(train_config)}
+    groups = {g["name"]: g for g in parameter_groups(model, train_config)}
     lr_text, lr_audio, lr_vision, lr_other = PUBLISHED[dataset]["lr"]
     wd_text, wd_audio, wd_vision, wd_other = PUBLISHED[dataset]["weight_decay"]
     assert {name: (g["lr"], g["weight_decay"]) for name, g in groups.items()} == {
@@ -469,13 +469,13 @@ def test_parameter_groups(tiny_bert_dir, dataset):
     assert all(n.startswith("audio_encoder.") for n in grouped["audio"])
     assert all(n.startswith("vision_encoder.") for n in grouped["vision"])
     assert all("_head." in n for n in grouped["other"])
-    torch.optim.Adam(model.parameter_groups(train_config))
+    torch.optim.Adam(parameter_groups(model, train_config))
 
 
 def test_frozen_text_encoder_gets_no_group_and_no_gradient(tiny_bert_dir):
     config = MSAConfig.preset("mosi", text_encoder=tiny_bert_dir, finetune_text=False)
     model = MultiTaskMSA(config)
-    groups = model.parameter_groups(TrainConfig())
+    groups = parameter_groups(model, TrainConfig())
     assert [g["name"] for g in groups] == ["audio", "vision", "other"]
     out = model(*make_inputs(config, [8, 4], [8, 2], text=token_inputs(2, 6, [6, 3])))
     out["predictions"]["text"].sum().backward()
@@ -543,16 +543,16 @@ def test_text_features_errors():
 
 def test_parameter_groups_read_the_train_config():
     model = MultiTaskMSA(features_config("mosi"))
-    groups = model.parameter_groups(TrainConfig(lr_other=0.5, weight_decay_vision=0.25))
+    groups = parameter_groups(model, TrainConfig(lr_other=0.5, weight_decay_vision=0.25))
     assert [(g["name"], g["lr"], g["weight_decay"]) for g in groups] == [
         ("audio", 5e-3, 1e-3),
         ("vision", 5e-3, 0.25),
         ("other", 0.5, 1e-3),
     ]
     with pytest.raises(TypeError, match="train_config: expected a TrainConfig"):
-        model.parameter_groups({"lr_other": 0.5})
+        parameter_groups(model, {"lr_other": 0.5})
     with pytest.raises(TypeError, match="train_config"):
-        model.parameter_groups(model.config)
+        parameter_groups(model, model.config)
 
 
 # --- alignment --------------------------------------------------------------------------------

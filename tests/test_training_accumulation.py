@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from deepalign import ULGM, MSAConfig, MultiTaskMSA
 from deepalign.data import collate, make_synthetic
-from deepalign.training import TrainConfig, Trainer
+from deepalign.training import TrainConfig, Trainer, parameter_groups
 
 TEXT_DIM = 8
 
@@ -63,8 +63,8 @@ def reference_run(model, splits, config, *, seed, epochs):
     plain batch loss, summed by hand over each group of k, assigned to .grad, one Adam step; a
     trailing incomplete group's sum is discarded. Returns the parameters after each epoch and
     the summed gradients of every step."""
-    params = [p for group in model.parameter_groups(config) for p in group["params"]]
-    optimizer = torch.optim.Adam(model.parameter_groups(config))
+    params = [p for group in parameter_groups(model, config) for p in group["params"]]
+    optimizer = torch.optim.Adam(parameter_groups(model, config))
     train = splits["train"]
     ulgm = ULGM(len(train), {"fusion": 128, "text": 32, "audio": 16, "vision": 32}, H=config.H)
     ulgm.init_labels(torch.arange(len(train)), train.labels["fusion"])
