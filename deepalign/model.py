@@ -34,7 +34,7 @@ from deepalign.alignment import (
     ModalityAlignment,
     parse_spec,
 )
-from deepalign.text import load_text_encoder, text_width
+from deepalign.text import describe_text_encoder, load_text_encoder, text_width
 
 __all__ = ["ALIGN_ON", "PRESETS", "TEXT_MODES", "TEXT_POOLING", "MSAConfig", "MultiTaskMSA"]
 
@@ -118,10 +118,11 @@ class MSAConfig:
             (pre-extracted ``(B, L, d_t)`` features; the first position is the text feature).
         text_pooling: in bert mode, ``"cls"`` takes the last layer's first token (Eq. 1, as
             Self-MM does) and ``"mean"`` the mean over the attention mask's tokens. Use
-            ``"mean"`` with encoders trained for mean pooling, such as the offline MiniLM
-            fallback (a sentence-transformers model whose first token was never trained as a
-            sentence summary).
-        text_encoder: directory or hub id for :func:`deepalign.text.load_text_encoder`.
+            ``"mean"`` with encoders trained for mean pooling, such as the packaged MiniLM
+            (``text_encoder="minilm"``; a sentence-transformers model whose first token was
+            never trained as a sentence summary).
+        text_encoder: directory, hub id or ``"minilm"`` for
+            :func:`deepalign.text.load_text_encoder`.
         finetune_text: train the text encoder (``True``) or freeze it: a frozen encoder runs
             without gradient and always in evaluation mode (no dropout), so it is a fixed
             function of the tokens and the trainer may cache its output.
@@ -451,6 +452,27 @@ class MultiTaskMSA(nn.Module):
         )
         self.alignment = self._build_alignment(config)
         self.train()
+
+    def describe(self) -> dict[str, Any]:
+        """What this model runs, for a record: the text encoder and the feature widths.
+
+        The widths are those the model was built with: the text width is the loaded encoder's
+        (which may differ from ``config.feature_dims[0]``) in ``"bert"`` mode.
+
+        Returns:
+            ``{"text_encoder": ..., "feature_dims": [text, audio, vision]}``;
+            ``text_encoder`` is :func:`deepalign.text.describe_text_encoder` of the encoder, or
+            ``None`` in ``"features"`` mode.
+
+        Example:
+            >>> from deepalign import MSAConfig, MultiTaskMSA
+            >>> config = MSAConfig.preset("mosi", text_mode="features", feature_dims=(8, 5, 20))
+            >>> MultiTaskMSA(config).describe()
+            {'text_encoder': None, 'feature_dims': [8, 5, 20]}
+        """
+        _, audio_dim, vision_dim = self.config.feature_dims
+        encoder = None if self.text_encoder is None else describe_text_encoder(self.text_encoder)
+        return {"text_encoder": encoder, "feature_dims": [self.text_dim, audio_dim, vision_dim]}
 
     @property
     def text_frozen(self) -> bool:

@@ -166,8 +166,8 @@ def finished_run(folder: Path | None, identity: Mapping[str, Any]) -> dict[str, 
     """The results of a finished run of this identity in ``folder``, or ``None``.
 
     A run is finished when its ``results.json`` exists; its ``run.json`` must hold the same
-    model, training configuration, seed and data (but for :data:`FREE_ON_RESUME`). Returns the results with the
-    ``history`` added; ``None`` when there is no finished run, it is incomplete (the trainer
+    model, training configuration, seed and data (but for :data:`FREE_ON_RESUME`). Returns the
+    results with the ``history`` added; ``None`` when there is no finished run, it is incomplete (the trainer
     then resumes it from its checkpoint) or its identity differs.
     """
     if folder is None or not (folder / "results.json").is_file():

