@@ -141,6 +141,7 @@ def identity_differences(
         Dotted key -> (stored value, this run's value).
     """
     found = {}
+    old, new = _portable_data(old), _portable_data(new)
     for key, values in differences(old, new).items():
         if key in FREE_ON_RESUME:
             continue
@@ -155,6 +156,16 @@ def identity_differences(
     return found
 
 
+def _portable_data(identity: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Older runs stored the data file's absolute ``path``; compare its name."""
+    data = identity.get("data")
+    if not isinstance(data, dict) or "path" not in data:
+        return identity
+    data = {("file" if k == "path" else k): v for k, v in data.items()}
+    data["file"] = Path(str(data["file"])).name
+    return {**identity, "data": data}
+
+
 def format_differences(found: Mapping[str, tuple[Any, Any]], *, stored: str) -> str:
     """One indented line per difference: ``  key: <stored> old, now new``."""
     return "\n".join(
@@ -167,8 +178,9 @@ def finished_run(folder: Path | None, identity: Mapping[str, Any]) -> dict[str, 
 
     A run is finished when its ``results.json`` exists; its ``run.json`` must hold the same
     model, training configuration, seed and data (but for :data:`FREE_ON_RESUME`). Returns the
-    results with the ``history`` added; ``None`` when there is no finished run, it is incomplete (the trainer
-    then resumes it from its checkpoint) or its identity differs.
+    results with the ``history`` and what ran (``run.json``'s ``"ran"``) added; ``None`` when
+    there is no finished run, it is incomplete (the trainer then resumes it from its
+    checkpoint) or its identity differs.
     """
     if folder is None or not (folder / "results.json").is_file():
         return None
@@ -178,10 +190,11 @@ def finished_run(folder: Path | None, identity: Mapping[str, Any]) -> dict[str, 
         history = json.loads((folder / "history.json").read_text())
     except (OSError, ValueError):
         return None  # incomplete: let the trainer resume it from its checkpoint
+    ran = saved.get("ran")
     saved = {k: saved.get(k) for k in ("model", "train", "seed", "data")}
     if identity_differences(saved, identity):
         return None
-    return {**results, "history": history}
+    return {**results, "history": history, "ran": ran}
 
 
 def refuse_other_finished_run(folder: Path | None, identity: Mapping[str, Any]) -> None:

@@ -13,7 +13,10 @@ runs on synthetic data and says so.
         --seeds 1111..1120 --estimator plugin unbiased
 """
 
-from deepalign.experiments import main
+import sys
+
+from deepalign.cli import main
 
 if __name__ == "__main__":
-    main(None, description=__doc__.splitlines()[0], example="ablation_table2", ablation=True)
+    # The same as the command `deepalign ablation ...` (see `deepalign ablation --help`).
+    sys.exit(main(["ablation", *sys.argv[1:]]))

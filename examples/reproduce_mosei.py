@@ -10,7 +10,10 @@ seeds, with paired differences. Examples:
     torchrun --nproc_per_node=2 examples/reproduce_mosei.py --data unaligned_50.pkl
 """
 
-from deepalign.experiments import main
+import sys
+
+from deepalign.cli import main
 
 if __name__ == "__main__":
-    main(None, dataset="mosei", description=__doc__.splitlines()[0], example="reproduce_mosei")
+    # The same as the command `deepalign reproduce mosei ...` (see `deepalign reproduce --help`).
+    sys.exit(main(["reproduce", "mosei", *sys.argv[1:]]))

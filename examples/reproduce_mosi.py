@@ -12,7 +12,10 @@ seeds, with paired differences. Every field of the configuration: --config FILE.
     torchrun --nproc_per_node=2 examples/reproduce_mosi.py --data unaligned_50.pkl
 """
 
-from deepalign.experiments import main
+import sys
+
+from deepalign.cli import main
 
 if __name__ == "__main__":
-    main(None, dataset="mosi", description=__doc__.splitlines()[0], example="reproduce_mosi")
+    # The same as the command `deepalign reproduce mosi ...` (see `deepalign reproduce --help`).
+    sys.exit(main(["reproduce", "mosi", *sys.argv[1:]]))

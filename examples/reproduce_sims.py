@@ -9,7 +9,10 @@ copy with --bert). --baseline adds Self-MM (no alignment) on the same seeds. Exa
     python examples/reproduce_sims.py --data unaligned_39.pkl --bert ./bert-base-chinese
 """
 
-from deepalign.experiments import main
+import sys
+
+from deepalign.cli import main
 
 if __name__ == "__main__":
-    main(None, dataset="sims", description=__doc__.splitlines()[0], example="reproduce_sims")
+    # The same as the command `deepalign reproduce sims ...` (see `deepalign reproduce --help`).
+    sys.exit(main(["reproduce", "sims", *sys.argv[1:]]))
