@@ -19,4 +19,6 @@ from deepalign.cli import main
 
 if __name__ == "__main__":
     # The same as the command `deepalign ablation ...` (see `deepalign ablation --help`).
-    sys.exit(main(["ablation", *sys.argv[1:]]))
+    status = main(["ablation", *sys.argv[1:]])
+    if status:
+        sys.exit(status)

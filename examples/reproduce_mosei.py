@@ -16,4 +16,6 @@ from deepalign.cli import main
 
 if __name__ == "__main__":
     # The same as the command `deepalign reproduce mosei ...` (see `deepalign reproduce --help`).
-    sys.exit(main(["reproduce", "mosei", *sys.argv[1:]]))
+    status = main(["reproduce", "mosei", *sys.argv[1:]])
+    if status:
+        sys.exit(status)

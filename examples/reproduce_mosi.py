@@ -18,4 +18,6 @@ from deepalign.cli import main
 
 if __name__ == "__main__":
     # The same as the command `deepalign reproduce mosi ...` (see `deepalign reproduce --help`).
-    sys.exit(main(["reproduce", "mosi", *sys.argv[1:]]))
+    status = main(["reproduce", "mosi", *sys.argv[1:]])
+    if status:
+        sys.exit(status)

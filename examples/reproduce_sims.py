@@ -15,4 +15,6 @@ from deepalign.cli import main
 
 if __name__ == "__main__":
     # The same as the command `deepalign reproduce sims ...` (see `deepalign reproduce --help`).
-    sys.exit(main(["reproduce", "sims", *sys.argv[1:]]))
+    status = main(["reproduce", "sims", *sys.argv[1:]])
+    if status:
+        sys.exit(status)

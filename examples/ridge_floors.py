@@ -16,4 +16,6 @@ from deepalign.cli import main
 
 if __name__ == "__main__":
     # The same as the command `deepalign floors ...` (see `deepalign floors --help`).
-    sys.exit(main(["floors", *sys.argv[1:]]))
+    status = main(["floors", *sys.argv[1:]])
+    if status:
+        sys.exit(status)

@@ -1,6 +1,7 @@
 """The examples' command line: every config field reachable, typed, validated; output folders,
 progress, --quick on a file, --resume; the harness stays out of ``import deepalign``."""
 
+import argparse
 import dataclasses
 import json
 import runpy
@@ -14,7 +15,9 @@ import deepalign.alignment
 import deepalign.metrics
 import deepalign.model
 from deepalign import MSAConfig
-from deepalign import experiments as ex
+from deepalign.cli import build_parser, tables
+from deepalign.cli import data as cli_data
+from deepalign.cli import options as ex
 from deepalign.training import TrainConfig
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -24,6 +27,13 @@ REAL_MOSI = Path(__file__).parents[2] / "shared" / "data" / "mosi_bclstm" / "mos
 def run_example(name: str, argv: list[str], monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", [name, *argv])
     runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+
+
+def job_parser(name: str) -> argparse.ArgumentParser:
+    """The subparser of the job ``name`` of the deepalign command."""
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
 
 
 def as_text(value) -> str:
@@ -46,7 +56,7 @@ def all_fields(dataset: str) -> dict:
 def test_import_deepalign_imports_neither_harness_nor_matplotlib():
     code = (
         "import sys, deepalign; "
-        "bad = [m for m in ('matplotlib', 'deepalign.experiments') if m in sys.modules]; "
+        "bad = [m for m in sys.modules if m == 'matplotlib' or m.startswith('deepalign.cli')]; "
         "assert not bad, bad"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -193,15 +203,15 @@ def test_config_file_reads_typed_values_and_rejects_unknown_keys(tmp_path):
 
 
 def test_choices_are_the_library_constants():
-    actions = {a.dest: a for a in ex._parser("mosi", "d")._actions}
+    actions = {a.dest: a for a in job_parser("reproduce")._actions}
     assert actions["text_mode"].choices is deepalign.model.TEXT_MODES
     assert actions["text_pooling"].choices is deepalign.model.TEXT_POOLING
     assert actions["align_on"].choices is deepalign.model.ALIGN_ON
     assert actions["private"].choices is deepalign.alignment.PRIVATE_MODES
     assert actions["estimator"].choices is deepalign.alignment.ESTIMATORS
-    ablation = {a.dest: a for a in ex._parser(None, "d", ablation=True)._actions}
+    ablation = {a.dest: a for a in job_parser("ablation")._actions}
     assert ablation["dataset"].choices is deepalign.metrics.DATASETS
-    assert ablation["specs"].choices == list(ex.TABLE_II)
+    assert ablation["specs"].choices == list(tables.TABLE_II)
 
 
 def test_ablation_help_lists_only_options_it_uses(monkeypatch, capsys):
@@ -216,10 +226,10 @@ def test_ablation_help_lists_only_options_it_uses(monkeypatch, capsys):
 
 
 def test_seed_ranges():
-    assert ex._seed_list("1111..1114") == [1111, 1112, 1113, 1114]
-    assert ex._seed_list("7") == [7]
+    assert ex.seed_list("1111..1114") == [1111, 1112, 1113, 1114]
+    assert ex.seed_list("7") == [7]
     with pytest.raises(Exception, match="A <= B"):
-        ex._seed_list("5..3")
+        ex.seed_list("5..3")
 
 
 # ------------------------------------------------------------------ end to end (tiny --quick)
@@ -233,23 +243,21 @@ def test_config_file_options_and_set_in_order_and_written_back(tmp_path, monkeyp
     out = tmp_path / "out"
     argv = ["--quick", "--quiet", "--config", str(config), "--modality-dropout", "0.3"]
     argv += ["--set", "patience=5", "--set", "post_audio_dim=5", "--out", str(out)]
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("reproduce_mosi.py", argv, monkeypatch)
+    run_example("reproduce_mosi.py", argv, monkeypatch)
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["patience"] == 5  # --set beats --config
     assert resolved["fusion_modality_dropout"] == 0.3  # an option beats --config
     assert resolved["post_text_dim"] == 6  # --config beats the preset
-    assert (resolved["post_audio_dim"], resolved["batch_size"]) == (5, ex.QUICK_BATCH_SIZE)
+    assert (resolved["post_audio_dim"], resolved["batch_size"]) == (5, cli_data.QUICK_BATCH_SIZE)
     run = json.loads((out / "seed1111" / "deepalign_V-A" / "run.json").read_text())
     assert {**run["model"], **run["train"]} == resolved
     # the written config.json is a valid --config: the same command resolves to the same file
     again = tmp_path / "again"
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example(
-            "reproduce_mosi.py",
-            ["--quick", "--quiet", "--config", str(out / "config.json"), "--out", str(again)],
-            monkeypatch,
-        )
+    run_example(
+        "reproduce_mosi.py",
+        ["--quick", "--quiet", "--config", str(out / "config.json"), "--out", str(again)],
+        monkeypatch,
+    )
     assert json.loads((again / "config.json").read_text()) == resolved
 
 
@@ -285,8 +293,7 @@ def test_default_folders_differ_per_example_and_options(tmp_path, monkeypatch, c
     ]
     folders = []
     for name, argv in commands:
-        with pytest.warns(UserWarning, match="synthetic"):
-            run_example(name, argv, monkeypatch)
+        run_example(name, argv, monkeypatch)
         line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Wrote ")][-1]
         folders.append(Path(line.rsplit(" to ", 1)[1]))
     assert folders[0] == folders[3]  # the same command, the same folder
@@ -299,8 +306,7 @@ def test_default_folders_differ_per_example_and_options(tmp_path, monkeypatch, c
 
 
 def test_progress_by_default(tmp_path, monkeypatch, capsys):
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("reproduce_mosi.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
+    run_example("reproduce_mosi.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
     err = capsys.readouterr().err
     assert "deepalign_V-A seed 1111: epoch 1/2" in err
     assert "epoch 2/2" in err
@@ -310,14 +316,12 @@ def test_progress_by_default(tmp_path, monkeypatch, capsys):
 def test_resume_reads_finished_runs_and_continues_unfinished_ones(tmp_path, monkeypatch, capsys):
     argv = ["--quick", "--baseline", "--seeds", "1", "2", "--out", str(tmp_path)]
     argv.append("--keep-checkpoints")  # the simulated interruption below needs a checkpoint
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("reproduce_mosi.py", argv, monkeypatch)
+    run_example("reproduce_mosi.py", argv, monkeypatch)
     first = json.loads((tmp_path / "results.json").read_text())["runs"]
     capsys.readouterr()
     # "interrupt" one run after its last epoch: no results.json, its checkpoint remains
     (tmp_path / "seed2" / "Self_MM_deepalign" / "results.json").unlink()
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("reproduce_mosi.py", [*argv, "--resume"], monkeypatch)
+    run_example("reproduce_mosi.py", [*argv, "--resume"], monkeypatch)
     err = capsys.readouterr().err
     assert err.count("finished, read back") == 3
     assert "[Self_MM (deepalign)] seed 2 (2/2): training" in err
@@ -330,10 +334,9 @@ def test_resume_reads_finished_runs_and_continues_unfinished_ones(tmp_path, monk
 
 def test_resume_with_other_options_is_a_clean_error(tmp_path, monkeypatch, capsys):
     argv = ["--quick", "--quiet", "--seeds", "1", "--out", str(tmp_path), "--keep-checkpoints"]
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("reproduce_mosi.py", argv, monkeypatch)
+    run_example("reproduce_mosi.py", argv, monkeypatch)
     (tmp_path / "seed1" / "deepalign_V-A" / "results.json").unlink()
-    with pytest.raises(SystemExit) as exit_info, pytest.warns(UserWarning, match="synthetic"):
+    with pytest.raises(SystemExit) as exit_info:
         run_example("reproduce_mosi.py", [*argv, "--resume", "--set", "patience=3"], monkeypatch)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
@@ -345,12 +348,11 @@ def test_finished_runs_drop_their_checkpoints_and_resume_with_other_options_is_r
     tmp_path, monkeypatch, capsys
 ):
     argv = ["--quick", "--quiet", "--seeds", "1", "--out", str(tmp_path)]
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("reproduce_mosi.py", argv, monkeypatch)
+    run_example("reproduce_mosi.py", argv, monkeypatch)
     run_dir = tmp_path / "seed1" / "deepalign_V-A"
     assert (run_dir / "results.json").is_file()
     assert not list(run_dir.glob("checkpoint*.pt"))  # results.json is all --resume needs
-    with pytest.raises(SystemExit) as exit_info, pytest.warns(UserWarning, match="synthetic"):
+    with pytest.raises(SystemExit) as exit_info:
         run_example("reproduce_mosi.py", [*argv, "--resume", "--set", "patience=3"], monkeypatch)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
@@ -364,8 +366,8 @@ def test_quick_with_a_file_smoke_tests_that_file(tmp_path, monkeypatch, capsys):
     run_example("reproduce_mosi.py", with_file, monkeypatch)
     assert "SYNTHETIC" not in capsys.readouterr().err
     record = json.loads((tmp_path / "results.json").read_text())
-    assert record["source"] == str(REAL_MOSI)
-    assert record["data"]["quick_head"] == ex.QUICK_BATCHES * ex.QUICK_BATCH_SIZE
+    assert record["source"] == REAL_MOSI.name  # no machine path in a record
+    assert record["data"]["quick_head"] == cli_data.QUICK_BATCHES * cli_data.QUICK_BATCH_SIZE
     assert record["data"]["size"] == REAL_MOSI.stat().st_size
     assert len(record["data"]["sha256_first_mib"]) == 64
     assert record["config"]["feature_dims"] == [100, 73, 100]  # the file's widths

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import deepalign.experiments as experiments
+from deepalign.cli import data as cli_data
+from deepalign.cli import plots, tables
+from deepalign.cli.runs import RunSummary
 from deepalign.stats import paired_difference
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -25,13 +27,16 @@ def run_example(name: str, argv: list[str], monkeypatch) -> None:
 
 @pytest.mark.parametrize("dataset", ["mosi", "mosei", "sims"])
 def test_reproduce_quick_writes_every_output(dataset, tmp_path, monkeypatch, capsys):
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example(f"reproduce_{dataset}.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
+    run_example(f"reproduce_{dataset}.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
     out, err = capsys.readouterr()
     assert "SYNTHETIC" in err
     table = (tmp_path / "table.md").read_text()
-    assert "(paper)" in table
-    assert "deepalign V-A (1 seed)" in table
+    # synthetic data: the paper's rows only under their own heading, after this run's rows
+    heading = table.index("#### The paper's numbers, on the real")
+    assert "(paper)" not in table[:heading]
+    assert "(paper)" in table[heading:]
+    assert "deepalign V-A (1 seed)" in table[:heading]
+    assert err.count("SYNTHETIC") == 1  # one notice, not two
     assert table in out
     assert f"to {tmp_path}" in out  # where it wrote
     record = json.loads((tmp_path / "results.json").read_text())
@@ -48,8 +53,7 @@ def test_reproduce_quick_writes_every_output(dataset, tmp_path, monkeypatch, cap
 
 def test_baseline_runs_the_same_seeds_with_paired_differences(tmp_path, monkeypatch, capsys):
     argv = ["--quick", "--quiet", "--baseline", "--seeds", "1", "2", "--out", str(tmp_path)]
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("reproduce_mosi.py", argv, monkeypatch)
+    run_example("reproduce_mosi.py", argv, monkeypatch)
     record = json.loads((tmp_path / "results.json").read_text())
     runs = record["runs"]
     assert [(r["alignment"], r["seeds"]) for r in runs] == [("V-A", [1, 2]), (None, [1, 2])]
@@ -82,8 +86,7 @@ def test_baseline_runs_the_same_seeds_with_paired_differences(tmp_path, monkeypa
 
 def test_model_options_reach_the_trained_config(tmp_path, monkeypatch):
     argv = ["--quick", "--quiet", "--seeds", "3", "--modality-dropout", "0.3", "--align-on", "post"]
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("reproduce_mosi.py", [*argv, "--out", str(tmp_path)], monkeypatch)
+    run_example("reproduce_mosi.py", [*argv, "--out", str(tmp_path)], monkeypatch)
     run = json.loads((tmp_path / "seed3" / "deepalign_V-A" / "run.json").read_text())
     assert run["model"]["fusion_modality_dropout"] == 0.3
     assert run["model"]["align_on"] == "post"
@@ -91,28 +94,24 @@ def test_model_options_reach_the_trained_config(tmp_path, monkeypatch):
 
 
 def test_ablation_quick_has_every_table_ii_row(tmp_path, monkeypatch):
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example(
-            "ablation_table2.py", ["--quick", "--quiet", "--out", str(tmp_path)], monkeypatch
-        )
+    run_example("ablation_table2.py", ["--quick", "--quiet", "--out", str(tmp_path)], monkeypatch)
     table = (tmp_path / "table.md").read_text()
-    self_mm = experiments.PAPER_TABLES["mosi"]["Self_MM (paper)"]
-    for spec, (mae, corr, _, _) in experiments.TABLE_II.items():
-        paper = f"| {spec} | plugin | {mae:g} | {corr:g} | {mae - self_mm[0]:+.3f} |"
-        assert paper in table
-    assert f"| none | – | {self_mm[0]:g} | {self_mm[1]:g} | – | – |" in table
+    # synthetic data: no paper columns beside the synthetic numbers
+    assert "paper MAE" not in table
+    for spec in tables.TABLE_II:
+        assert f"| {spec} | plugin | " in table
+    assert "| none | – | " in table
     assert "(reference)" in table
     config = json.loads((tmp_path / "config.json").read_text())
     assert "alignment" not in config  # set per row
     rows = list(csv.DictReader(io.StringIO((tmp_path / "seeds.csv").read_text())))
-    assert len(rows) == len(experiments.TABLE_II) + 1
+    assert len(rows) == len(tables.TABLE_II) + 1
 
 
 def test_ablation_estimators_specs_and_seed_ranges(tmp_path, monkeypatch):
     argv = ["--quick", "--quiet", "--specs", "V-A", "T+A", "--estimator", "plugin", "unbiased"]
     argv += ["--seeds", "5..6", "--out", str(tmp_path)]
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("ablation_table2.py", argv, monkeypatch)
+    run_example("ablation_table2.py", argv, monkeypatch)
     record = json.loads((tmp_path / "results.json").read_text())
     names = [(r["name"], r["alignment"], r["estimator"], r["seeds"]) for r in record["runs"]]
     assert names == [
@@ -162,45 +161,43 @@ def test_missing_data_file_is_an_error_not_a_fallback(name, tmp_path, monkeypatc
 
 
 def test_format_table_mean_and_std():
-    summary = experiments.RunSummary(
-        "x", "V-A", [1, 2], test={"MAE": [0.5, 0.7], "Corr": [0.1, 0.3]}
-    )
+    summary = RunSummary("x", "V-A", [1, 2], test={"MAE": [0.5, 0.7], "Corr": [0.1, 0.3]})
     summary.test |= {k: [0.5, 0.7] for k in ("Mult_acc_2", "F1_score")}
-    table = experiments.format_table("sims", [summary], title="t")
+    table = tables.format_table("sims", [summary], title="t")
     assert "| x (2 seeds) | 0.6 ± 0.14 | 0.2 ± 0.14 | 60.00 ± 14.14 | 60.00 ± 14.14 |" in table
     assert "Paired" not in table
 
 
 def test_format_table_paired_cells_by_hand():
     keys = ("MAE", "Corr", "Mult_acc_2", "F1_score")
-    ref = experiments.RunSummary("ref", None, [1, 2, 3], test={k: [0.5, 0.6, 0.7] for k in keys})
+    ref = RunSummary("ref", None, [1, 2, 3], test={k: [0.5, 0.6, 0.7] for k in keys})
     # differences +0.1 on every seed: zero-width interval, excludes 0; MAE is worse
-    row = experiments.RunSummary("row", "V-A", [3, 1, 2], test={k: [0.8, 0.6, 0.7] for k in keys})
-    table = experiments.format_table("sims", [row, ref], title="t", reference="ref")
+    row = RunSummary("row", "V-A", [3, 1, 2], test={k: [0.8, 0.6, 0.7] for k in keys})
+    table = tables.format_table("sims", [row, ref], title="t", reference="ref")
     cells = "+0.1 [+0.1, +0.1] 0/3 *", "+0.1 [+0.1, +0.1] 3/3 *", "+10 [+10, +10] 3/3 *"
     assert f"| row | {cells[0]} | {cells[1]} | {cells[2]} | {cells[2]} |" in table
 
 
 def test_compare_pairs_by_seed_not_position():
-    ref = experiments.RunSummary("ref", None, [1, 2, 3], test={"MAE": [0.5, 0.9, 0.7]})
-    row = experiments.RunSummary("row", "V-A", [3, 1, 4], test={"MAE": [0.6, 0.4, 9.0]})
-    d = experiments.compare([ref, row], "ref")["row"]["MAE"]
+    ref = RunSummary("ref", None, [1, 2, 3], test={"MAE": [0.5, 0.9, 0.7]})
+    row = RunSummary("row", "V-A", [3, 1, 4], test={"MAE": [0.6, 0.4, 9.0]})
+    d = tables.compare([ref, row], "ref")["row"]["MAE"]
     # common seeds in the reference's order: 1 (0.4 vs 0.5) and 3 (0.6 vs 0.7)
     assert d == paired_difference([0.4, 0.6], [0.5, 0.7], higher_is_better=False)
     with pytest.raises(ValueError, match="reference: expected one of"):
-        experiments.compare([ref, row], "nope")
-    lone = experiments.RunSummary("lone", "V-A", [9], test={"MAE": [0.1]})
+        tables.compare([ref, row], "nope")
+    lone = RunSummary("lone", "V-A", [9], test={"MAE": [0.1]})
     with pytest.raises(ValueError, match="no seed in common"):
-        experiments.compare([ref, lone], "ref")
+        tables.compare([ref, lone], "ref")
 
 
 def test_format_ablation_single_seed_has_no_interval():
     keys = ("MAE", "Corr", "Has0_acc_2", "Has0_F1_score")
-    ref = experiments.RunSummary("none", None, [1], test={k: [0.5] for k in keys})
-    row = experiments.RunSummary("V-A", "V-A", [1], test={k: [0.4] for k in keys}, estimator="x")
-    table = experiments.format_ablation("mosei", [row, ref], title="t", reference="none")
-    mae, corr = experiments.TABLE_II["V-A"][2:]
-    self_mm = experiments.PAPER_TABLES["mosei"]["Self_MM (paper)"]
+    ref = RunSummary("none", None, [1], test={k: [0.5] for k in keys})
+    row = RunSummary("V-A", "V-A", [1], test={k: [0.4] for k in keys}, estimator="x")
+    table = tables.format_ablation("mosei", [row, ref], title="t", reference="none")
+    mae, corr = tables.TABLE_II["V-A"][2:]
+    self_mm = tables.PAPER_TABLES["mosei"]["Self_MM (paper)"]
     head = f"| V-A | x | {mae:g} | {corr:g} | {mae - self_mm[0]:+.3f} | {corr - self_mm[1]:+.3f} |"
     assert head in table
     assert "| -0.1 [n/a] 1/1 | -0.1 [n/a] 0/1 | -10 [n/a] 0/1 | -10 [n/a] 0/1 |" in table
@@ -213,8 +210,8 @@ def test_curves_figure_has_one_axis_per_loss_term():
          "train_vision": 0.0, "train_alignment": 0.1, "valid_loss": 1.2, "valid_MAE": 1.2}
         for e in (1, 2, 3)
     ]  # fmt: skip
-    summary = experiments.RunSummary("r", "V-A", [1], curves=[history])
-    fig = experiments._curves_figure([summary])
+    summary = RunSummary("r", "V-A", [1], curves=[history])
+    fig = plots.curves_figure([summary])
     visible = [axis for axis in fig.axes if axis.get_visible()]
     titles = [axis.get_title() for axis in visible]
     assert titles == [
@@ -227,13 +224,13 @@ def test_curves_figure_has_one_axis_per_loss_term():
 
 def test_paired_figure_marks_each_row_with_its_interval():
     pytest.importorskip("matplotlib")
-    ref = experiments.RunSummary("none", None, [1, 2, 3], test={"MAE": [0.5, 0.6, 0.7]})
+    ref = RunSummary("none", None, [1, 2, 3], test={"MAE": [0.5, 0.6, 0.7]})
     rows = [
-        experiments.RunSummary(f"s{i}", "V-A", [1, 2, 3], test={"MAE": [0.5 + i / 10, 0.6, 0.7]})
+        RunSummary(f"s{i}", "V-A", [1, 2, 3], test={"MAE": [0.5 + i / 10, 0.6, 0.7]})
         for i in range(3)
     ]
-    deltas = experiments.compare([*rows, ref], "none")
-    fig = experiments._paired_figure([*rows, ref], deltas, [("MAE", "MAE", 1)], "none")
+    deltas = tables.compare([*rows, ref], "none")
+    fig = plots.paired_figure([*rows, ref], deltas, [("MAE", "MAE", 1)], "none")
     axis = fig.axes[0]
     markers = [line for line in axis.get_lines() if line.get_marker() == "o"]
     assert [line.get_xdata()[0] for line in markers] == pytest.approx(
@@ -246,8 +243,7 @@ def test_paired_figure_marks_each_row_with_its_interval():
 
 
 def test_ridge_floors_quick_on_synthetic_data(tmp_path, monkeypatch, capsys):
-    with pytest.warns(UserWarning, match="synthetic"):
-        run_example("ridge_floors.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
+    run_example("ridge_floors.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
     out, err = capsys.readouterr()
     assert "SYNTHETIC" in err
     for name in ("| text |", "| audio + vision |", "| text + audio + vision |"):
@@ -263,8 +259,8 @@ def test_ridge_floors_quick_on_a_file_uses_a_few_batches_of_it(tmp_path, monkeyp
     argv = ["--quick", "--data", str(REAL_MOSI), "--out", str(tmp_path)]
     run_example("ridge_floors.py", argv, monkeypatch)
     floors = json.loads((tmp_path / "floors.json").read_text())
-    assert floors["data"]["quick_head"] == experiments.QUICK_BATCHES * experiments.QUICK_BATCH_SIZE
-    assert floors["source"] == str(REAL_MOSI)
+    assert floors["data"]["quick_head"] == cli_data.QUICK_BATCHES * cli_data.QUICK_BATCH_SIZE
+    assert floors["source"] == REAL_MOSI.name  # no machine path in a record
     assert "SYNTHETIC" not in capsys.readouterr().err
 
 

@@ -67,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with status 2 and the reason, as argparse does.
     """
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = ["deepalign", *argv]  # what the records say was run
     if args.handler is None:
         parser.print_help(sys.stderr)
         return 2

@@ -425,7 +425,7 @@ def _report(
         "source": data.source,
         "synthetic": data.synthetic,
         "data": data.data_id,
-        "argv": _portable_argv(sys.argv),
+        "argv": _portable_argv(getattr(args, "argv", sys.argv)),
         "torch": torch.__version__,
         "deepalign": deepalign.__version__,
         "ran": ran,
