@@ -56,7 +56,7 @@ CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 """File name of the checkpoint of the epoch before :data:`CHECKPOINT`'s, kept as a fallback."""
 FREE_ON_RESUME = ("train.num_workers", "train.pin_memory")
-"""Identity keys (dotted) whose values change no computed number: a resume accepts any value."""
+"""The dotted identity keys whose values change no computed number; a resume accepts any value."""
 CHECKPOINT_KEYS = ("model", "optimizer", "ulgm", "best_model", "state", "history", "rng", "run")
 """Keys every checkpoint of this version holds."""
 

@@ -153,7 +153,7 @@ def paired_differences(
     """:func:`paired_difference` of every metric that both rows have.
 
     Args:
-        row: metric -> one value per seed, e.g. :attr:`deepalign.experiments.RunSummary.test`.
+        row: metric -> one value per seed, e.g. :attr:`deepalign.cli.runs.RunSummary.test`.
         reference: the same for the reference row, on the same seeds in the same order.
         lower_is_better: the metrics for which lower is better. Default ``("MAE",)``, the one
             such metric of :func:`deepalign.metrics.msa_metrics`.

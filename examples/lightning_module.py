@@ -195,14 +195,24 @@ def make_strategy(name: str) -> str | DDPStrategy:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=1, help="CPU processes (default 1)")
-    parser.add_argument("--strategy", choices=("auto", "ddp"), default="auto")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--devices", type=int, default=1, help="CPU processes")
+    parser.add_argument(
+        "--strategy",
+        choices=("auto", "ddp"),
+        default="auto",
+        help="Lightning's strategy: auto (one process) or ddp (--devices processes, gloo)",
+    )
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--samples", type=int, default=512, help="training samples")
-    parser.add_argument("--batch-size", type=int, default=32, help="per process")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("runs/lightning"))
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per batch and process")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the data and the model")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/lightning"), help="Lightning's log folder"
+    )
     parser.add_argument("--quick", action="store_true", help="2 epochs on 128 samples")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

@@ -66,14 +66,26 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--target", choices=("isotropic", "anisotropic"), default="isotropic")
-    parser.add_argument("--out", type=Path, default=Path("runs/shrinkage"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--width", type=int, default=16, help="width d of the features")
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64], help="batch sizes to run"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of each batch size"
+    )
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps per run")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
+    parser.add_argument(
+        "--target",
+        choices=("isotropic", "anisotropic"),
+        default="isotropic",
+        help="the target covariance: the identity, or one with unequal eigenvalues",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/shrinkage"), help="output folder")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the figure here")
     parser.add_argument("--quick", action="store_true", help="a smoke run (few steps)")
     args = parser.parse_args(argv)

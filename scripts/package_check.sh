@@ -47,3 +47,19 @@ snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
 exec(compile(snippet, "README.md: drop-in snippet", "exec"), {"__name__": "__main__"})
 print(f"wheel deepalign {deepalign.__version__}: import and README drop-in snippet OK")
 EOF
+
+# The command from the wheel alone: the console script, python -m deepalign, and a table
+# reproduced end to end on synthetic data (seconds), with its outputs written.
+"$work/venv/bin/deepalign" --help > "$work/help.txt"
+grep -q "reproduce" "$work/help.txt" || { cat "$work/help.txt"; exit 1; }
+"$work/venv/bin/python" -m deepalign --help > /dev/null
+"$work/venv/bin/python" -m deepalign reproduce --help > /dev/null
+OMP_NUM_THREADS=1 "$work/venv/bin/deepalign" reproduce mosi --quick --quiet --out "$work/quick" \
+    > "$work/quick.log" 2>&1 || { cat "$work/quick.log"; exit 1; }
+for file in table.md results.json seeds.csv config.json seed1111/deepalign_V-A/run.json; do
+    test -s "$work/quick/$file" || { echo "deepalign reproduce mosi --quick: no $file"; exit 1; }
+done
+if grep -rl "$work" "$work/quick" --include='*.json' --include='*.md' --include='*.csv'; then
+    echo "a record holds the machine's path $work"; exit 1
+fi
+echo "wheel: deepalign --help, python -m deepalign and deepalign reproduce mosi --quick OK"

@@ -4,10 +4,10 @@
 with ``register(subparsers)`` (adds its subcommand and sets ``handler=run``) and
 ``run(args) -> int``; :func:`main` builds the top parser from :data:`JOBS`:
 
-- :mod:`deepalign.cli.reproduce`: ``deepalign reproduce {mosi,mosei,sims}``, the paper's
+- ``deepalign.cli.reproduce``: ``deepalign reproduce {mosi,mosei,sims}``, the paper's
   Table III / Table I rows;
-- :mod:`deepalign.cli.ablation`: ``deepalign ablation``, Table II;
-- :mod:`deepalign.cli.floors`: ``deepalign floors``, ridge-regression floors of a dataset;
+- ``deepalign.cli.ablation``: ``deepalign ablation``, Table II;
+- ``deepalign.cli.floors``: ``deepalign floors``, ridge-regression floors of a dataset;
 
 and the modules they share: :mod:`~deepalign.cli.options` (``--set``, ``--config``),
 :mod:`~deepalign.cli.runs` (multi-seed runs and the resume policy, on

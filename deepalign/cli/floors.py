@@ -61,7 +61,7 @@ def _predict(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def floor(splits: dict[str, MMSADataset], modalities: tuple[str, ...], dataset: str) -> dict:
     """The ridge floor of ``modalities``: its test metrics (``dataset``'s) and the penalty
-    chosen on valid among :data:`PENALTIES`."""
+    chosen on valid among ``PENALTIES``."""
     feats = {s: np.hstack([_pooled(splits[s], m) for m in modalities]) for s in splits}
     mean, std = feats["train"].mean(0), feats["train"].std(0) + 1e-8
     x = {s: (f - mean) / std for s, f in feats.items()}

@@ -19,7 +19,17 @@ from typing import Any
 from deepalign.model import MSAConfig
 from deepalign.training import TrainConfig
 
-# ---------------------------------------------------------------------- configuration
+__all__ = [
+    "ConfigError",
+    "build_configs",
+    "config_fields",
+    "flat_config",
+    "parse_assignment",
+    "read_config_file",
+    "seed_list",
+    "slug",
+]
+
 
 
 class ConfigError(ValueError):
@@ -165,7 +175,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a flat JSON object of config fields (MMSA style: ``{"batch_size": 32, ...}``).
 
     Keys are fields of :class:`~deepalign.MSAConfig` or :class:`~deepalign.training.TrainConfig`
-    (the ``config.json`` that :func:`main` writes beside its results is such a file); values
+    (the ``config.json`` that :func:`deepalign.cli.main` writes beside its results is such a file); values
     are JSON values of the field's type (lists for tuples, ``null`` for ``None``).
 
     Args:

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 LOWER_IS_BETTER = ("MAE", "loss")
-"""Metrics for which a lower value is better (the others: higher)."""
+"""The metrics for which a lower value is better; for the others, higher is better."""
 
 PAPER_TABLES: dict[str, dict[str, tuple[float, ...]]] = {
     "mosi": {
