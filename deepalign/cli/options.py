@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 
-
 class ConfigError(ValueError):
     """A configuration value or file the command line cannot use; the message says why."""
 
@@ -175,8 +174,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a flat JSON object of config fields (MMSA style: ``{"batch_size": 32, ...}``).
 
     Keys are fields of :class:`~deepalign.MSAConfig` or :class:`~deepalign.training.TrainConfig`
-    (the ``config.json`` that :func:`deepalign.cli.main` writes beside its results is such a file); values
-    are JSON values of the field's type (lists for tuples, ``null`` for ``None``).
+    (the ``config.json`` that the table jobs of :func:`deepalign.cli.main` write beside their
+    results is such a file); values are JSON values of the field's type (lists for tuples,
+    ``null`` for ``None``).
 
     Args:
         path: the JSON file.
