@@ -70,9 +70,10 @@ def load_text_encoder(name_or_path: str | os.PathLike[str]) -> nn.Module:
 
     ``name_or_path`` is a local directory (as written by ``save_pretrained``), a model-hub id,
     or :data:`MINILM` (``"minilm"``) for the packaged all-MiniLM-L6-v2 (:func:`minilm_path`).
-    With the environment variable ``HF_HUB_OFFLINE`` set, a hub id is looked up in the local
-    cache only (no network, no retries). An encoder that cannot be loaded is an error naming
-    it, the reason and how to choose another; there is no silent fallback.
+    A hub id is looked up in the local cache first; when it is not there, the hub is tried
+    once (one connection attempt, then transformers' download), and with the environment
+    variable ``HF_HUB_OFFLINE`` set, not at all. An encoder that cannot be loaded is an error
+    naming it, the reason and how to choose another; there is no silent fallback.
 
     Args:
         name_or_path: a directory, a hub id, e.g. ``"bert-base-uncased"`` or
@@ -111,20 +112,60 @@ def load_text_encoder(name_or_path: str | os.PathLike[str]) -> nn.Module:
     name = str(name_or_path)
     if name == MINILM:
         return transformers.AutoModel.from_pretrained(str(minilm_path()))
-    options = {}
-    if _offline() and not Path(name).is_dir():
-        options["local_files_only"] = True  # the cache only: no network, no retries
+    if Path(name).is_dir():
+        return _from_pretrained(transformers, name, {}, "")
+    # A hub id: the local cache first (no network); then the hub, once: when it cannot be
+    # reached, fail at once instead of transformers' retries.
+    if _offline():
+        return _from_pretrained(
+            transformers, name, {"local_files_only": True},
+            " (HF_HUB_OFFLINE is set: the local cache only)",
+        )  # fmt: skip
+    try:
+        return transformers.AutoModel.from_pretrained(name, local_files_only=True)
+    except OSError:
+        pass  # not in the cache
+    unreachable = _hub_unreachable()
+    if unreachable:
+        raise OSError(
+            f"text encoder {name!r} cannot be loaded: it is not in the local cache and the hub "
+            f"cannot be reached ({unreachable}). {_CHOICES}"
+        )
+    return _from_pretrained(transformers, name, {}, "")
+
+
+_CHOICES = (
+    "Choose another encoder: a local directory written by save_pretrained, or 'minilm', the "
+    "packaged all-MiniLM-L6-v2 (384-d, extra deepalign[minilm]); on the command line "
+    "--bert minilm or --bert DIR (also --text-encoder; the field text_encoder: "
+    "--set text_encoder=DIR)."
+)
+
+
+def _from_pretrained(transformers: ModuleType, name: str, options: dict, where: str) -> nn.Module:
     try:
         return transformers.AutoModel.from_pretrained(name, **options)
     except OSError as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        where = " (HF_HUB_OFFLINE is set: the local cache only)" if options else ""
-        raise OSError(
-            f"text encoder {name!r} cannot be loaded{where}: {reason}. Choose another encoder: "
-            f"a local directory written by save_pretrained, or {MINILM!r}, the packaged "
-            "all-MiniLM-L6-v2 (384-d, extra deepalign[minilm]); on the command line "
-            "--bert minilm or --bert DIR (the field text_encoder: --set text_encoder=DIR)."
-        ) from error
+        raise OSError(f"text encoder {name!r} cannot be loaded{where}: {reason}. {_CHOICES}") from (
+            error
+        )
+
+
+def _hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the model hub cannot be reached (one connection attempt), or ``None``."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as error:
+        return f"{host}:{port}: {error}"
 
 
 def _offline() -> bool:

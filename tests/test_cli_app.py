@@ -161,3 +161,20 @@ def test_runs_recorded_with_machine_paths_still_resume(tmp_path):
     assert rundir.identity_differences(old, new) == {}
     other = {**old, "data": {"path": "/data/mosei.pkl", "size": 3}}
     assert set(rundir.identity_differences(other, new)) == {"data.file"}
+
+
+def test_an_encoder_that_cannot_be_loaded_stops_the_job_with_the_reason(
+    tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    argv = ["reproduce", "mosi", "--quick", "--quiet", "--text-mode", "bert"]
+    argv += ["--bert", "no-such-org/no-such-encoder", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'no-such-org/no-such-encoder' cannot be loaded" in err
+    assert "--bert minilm" in err
+    assert not (out / "results.json").exists()  # nothing ran, nothing recorded

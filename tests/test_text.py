@@ -69,7 +69,11 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> _FakeAutoModel:
 
 
 @pytest.mark.parametrize("name", ["bert-base-uncased", "bert-base-chinese"])
-def test_an_encoder_that_cannot_be_loaded_is_an_error_naming_it_and_the_choices(offline, name):
+def test_an_encoder_that_cannot_be_loaded_is_an_error_naming_it_and_the_choices(
+    offline, monkeypatch, name
+):
+    # the hub answers the connection, but the download fails: the cache, then the hub once
+    monkeypatch.setattr("deepalign.text._hub_unreachable", lambda: None)
     with pytest.raises(OSError, match="cannot be loaded") as error:
         load_text_encoder(name)
     message = str(error.value)
@@ -77,7 +81,28 @@ def test_an_encoder_that_cannot_be_loaded_is_an_error_naming_it_and_the_choices(
     assert "couldn't connect" in message  # the reason
     assert "--bert minilm" in message
     assert "text_encoder" in message
-    assert offline.calls == [(name, {})]  # tried once, nothing substituted
+    assert offline.calls == [(name, {"local_files_only": True}), (name, {})]  # no substitute
+
+
+def test_an_unreachable_hub_is_tried_once_and_fails_at_once(offline, monkeypatch):
+    probes = []
+
+    def unreachable():
+        probes.append(1)
+        return "huggingface.co:443: [Errno 101] Network is unreachable"
+
+    monkeypatch.setattr("deepalign.text._hub_unreachable", unreachable)
+    with pytest.raises(OSError, match="not in the local cache and the hub cannot be reached"):
+        load_text_encoder("bert-base-uncased")
+    assert probes == [1]
+    assert offline.calls == [("bert-base-uncased", {"local_files_only": True})]
+
+
+def test_hub_probe_reports_a_refused_connection(monkeypatch):
+    from deepalign.text import _hub_unreachable
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    assert "127.0.0.1:9" in _hub_unreachable(timeout=2.0)
 
 
 def test_hf_hub_offline_reads_the_cache_only(offline, monkeypatch):

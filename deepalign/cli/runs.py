@@ -127,7 +127,10 @@ def run(
             print(f"[{name}] seed {seed} ({position}/{len(seeds)}): {what}{where}", file=sys.stderr)
         if finished is None:
             torch.manual_seed(seed)
-            model = MultiTaskMSA(model_config)
+            try:
+                model = MultiTaskMSA(model_config)
+            except (OSError, ImportError) as error:  # the text encoder: say why, stop
+                raise ConfigError(f"text encoder (--bert, text_encoder): {error}") from None
             trainer = Trainer(
                 model, splits, train_config, seed=seed, device=device, out_dir=folder,
                 progress=progress, data_id=data_id,
