@@ -351,54 +351,72 @@ def _floor_weights(n: int) -> tuple[float, float, float]:
 
 def _moments(
     x_a: torch.Tensor, x_b: torch.Tensor, gram: bool, paired: bool, full: bool
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
     r"""The parts and moments of one pair from its centred rows, computed once.
 
-    Returns ``parts`` (centred rows, row norms² and, when paired, the row dot products; then
-    the ``d×d`` matrices :math:`C_a, C_b, C_{ab}` or the ``N×N`` ones :math:`G_a, G_b, G_{ab}`;
-    :math:`C_{ab}`/:math:`G_{ab}` only when needed) and ``moments``, a vector of
-    :math:`\lVert C_a - C_b\rVert^2` and, when ``full``, :math:`\lVert C_a\rVert^2,
-    \lVert C_b\rVert^2, \operatorname{tr} C_a, \operatorname{tr} C_b, q_a, q_b` and (paired)
-    :math:`\langle C_a, C_b\rangle, \operatorname{tr} C_{ab}^2, \operatorname{tr} C_{ab},
-    q_{ab}`.
+    Returns ``parts``: the centred rows :math:`X_a, X_b`, their squared row norms and, when
+    paired, their row dot products; then the unscaled products :math:`X_a^\top X_a,
+    X_b^\top X_b` and (paired) :math:`X_a^\top X_b` on the ``d×d`` path, or the Gram matrices
+    :math:`G_a, G_b, G_{ab}` on the ``N×N`` path. And ``moments``, by name:
+    ``diff_sq`` :math:`\lVert C_a - C_b\rVert^2` and, when ``full``, ``tr_a``, ``tr_b``
+    (:math:`\operatorname{tr} C`), ``q_a``, ``q_b`` (:math:`\sum_i\lVert\tilde m_i\rVert^4`),
+    and for independent batches ``sq_a``, ``sq_b`` (:math:`\lVert C\rVert^2`), for paired
+    rows ``inner`` :math:`\langle C_a, C_b\rangle`, ``cross_sq``
+    :math:`\operatorname{tr}C_{ab}^2`, ``cross_tr`` :math:`\operatorname{tr}C_{ab}` and
+    ``q_ab`` :math:`\sum_i(\tilde a_i^\top\tilde b_i)^2`. Every scalar is one ``dot`` of
+    flattened matrices; the scales :math:`k = 1/(n - 1)` multiply scalars, never matrices.
     """
     rows_a, rows_b = _subtract_mean(x_a), _subtract_mean(x_b)
-    k_a, k_b = 1.0 / (x_a.shape[-2] - 1), 1.0 / (x_b.shape[-2] - 1)
-    norms_a, norms_b = rows_a.square().sum(-1), rows_b.square().sum(-1)
+    n_a, n_b = x_a.shape[-2], x_b.shape[-2]
+    k_a, k_b = 1.0 / (n_a - 1), 1.0 / (n_b - 1)
+    norms_a, norms_b = (rows_a * rows_a).sum(-1), (rows_b * rows_b).sum(-1)
     dots = (rows_a * rows_b).sum(-1) if paired else None
-    cross_needed = gram or paired
     if gram:
-        m_a, m_b = rows_a @ rows_a.mT, rows_b @ rows_b.mT
-        m_ab = rows_a @ rows_b.mT
-        sq_a = m_a.square().sum() * (k_a * k_a)
-        sq_b = m_b.square().sum() * (k_b * k_b)
-        inner = m_ab.square().sum() * (k_a * k_b)
+        m_a, m_b, m_ab = rows_a @ rows_a.mT, rows_b @ rows_b.mT, rows_a @ rows_b.mT
+        sq_a, sq_b = _dot(m_a, m_a) * (k_a * k_a), _dot(m_b, m_b) * (k_b * k_b)
+        inner = _dot(m_ab, m_ab) * (k_a * k_b)
         diff_sq = sq_a + sq_b - 2 * inner
     else:
-        m_a, m_b = (rows_a.mT @ rows_a) * k_a, (rows_b.mT @ rows_b) * k_b
-        m_ab = (rows_a.mT @ rows_b) * k_a if cross_needed else None
-        diff = (m_a - m_b).reshape(-1)
-        diff_sq = torch.dot(diff, diff)
-        if full:
-            sq_a, sq_b = m_a.square().sum(), m_b.square().sum()
-            inner = (m_a * m_b).sum() if paired else None
+        m_a, m_b = rows_a.mT @ rows_a, rows_b.mT @ rows_b
+        m_ab = rows_a.mT @ rows_b if paired else None
+        if n_a == n_b:  # an exact difference: identical inputs give exactly 0
+            diff = torch.sub(m_a, m_b)
+            diff_sq = _dot(diff, diff) * (k_a * k_a)
+        else:
+            diff = torch.add(m_a, m_b, alpha=-k_b / k_a)
+            diff_sq = _dot(diff, diff) * (k_a * k_a)
     parts = [rows_a, rows_b, norms_a, norms_b] + ([dots] if paired else [])
-    parts += [m_a, m_b] + ([m_ab] if cross_needed else [])
+    parts += [m_a, m_b] + ([m_ab] if m_ab is not None else [])
+    moments = {"diff_sq": diff_sq}
     if not full:
-        return parts, diff_sq[None]
-    values = [diff_sq, sq_a, sq_b, norms_a.sum() * k_a, norms_b.sum() * k_b]
-    values += [norms_a.square().sum(), norms_b.square().sum()]
+        return parts, moments
+    moments |= {"tr_a": norms_a.sum() * k_a, "tr_b": norms_b.sum() * k_b}
+    moments |= {"q_a": _dot(norms_a, norms_a), "q_b": _dot(norms_b, norms_b)}
     if paired:
-        cross_sq = (m_ab * m_ab.mT).sum()  # tr(C_ab²); on the Gram path k² tr(G_ab²)
+        k2 = k_a * k_a
         if gram:
-            cross_sq = cross_sq * (k_a * k_a)
-        values += [inner, cross_sq, dots.sum() * k_a, dots.square().sum()]
-    return parts, torch.stack(values)
+            moments["inner"] = inner
+        else:
+            moments["inner"] = _dot(m_a, m_b) * k2
+        moments["cross_sq"] = _dot(m_ab, m_ab.mT) * k2  # tr(C_ab²); Gram: k² tr(G_ab²)
+        moments["cross_tr"] = dots.sum() * k_a
+        moments["q_ab"] = _dot(dots, dots)
+    elif gram:
+        moments |= {"sq_a": sq_a, "sq_b": sq_b}
+    else:
+        moments["sq_a"] = _dot(m_a, m_a) * (k_a * k_a)
+        moments["sq_b"] = _dot(m_b, m_b) * (k_b * k_b)
+    return parts, moments
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The sum of the elementwise product of two tensors of one shape: one ``dot``."""
+    return torch.dot(x.reshape(-1), y.reshape(-1))
 
 
 def _weights(n_a: int, n_b: int, which: str, paired: bool) -> dict[str, float]:
-    """The estimate ``which`` as a linear combination of the moments (names as in
-    :func:`_moments`; ``tr_a``/``tr_b``/``cross_tr`` weigh the squares of the traces)."""
+    """The estimate ``which`` as a linear combination of the moments of :func:`_moments`
+    (``tr_a``, ``tr_b`` and ``cross_tr`` enter squared)."""
     if which == "plugin":
         return {"diff_sq": 1.0}
     if not paired:
@@ -413,21 +431,19 @@ def _weights(n_a: int, n_b: int, which: str, paired: bool) -> dict[str, float]:
             "cross_tr": -2 * c2, "q_a": -c3, "q_b": -c3, "q_ab": 2 * c3}  # fmt: skip
 
 
-_MOMENT_NAMES = ("diff_sq", "sq_a", "sq_b", "tr_a", "tr_b", "q_a", "q_b",
-                 "inner", "cross_sq", "cross_tr", "q_ab")  # fmt: skip
+_SQUARED = ("tr_a", "tr_b", "cross_tr")
 
 
-def _estimates(
-    moments: torch.Tensor, n_a: int, n_b: int, paired: bool, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plug-in (unclamped) and unbiased estimates, ``scale`` = ``1/4d²`` applied, from the
-    full moment vector."""
-    names = _MOMENT_NAMES[: moments.shape[-1]]
-    unbiased = 0.0
+def _unbiased_estimate(
+    moments: dict[str, torch.Tensor], n_a: int, n_b: int, paired: bool
+) -> torch.Tensor:
+    """The unbiased estimate (unscaled) from the full moments."""
+    total = None
     for name, w in _weights(n_a, n_b, "unbiased", paired).items():
-        m = moments[..., names.index(name)]
-        unbiased = unbiased + w * (m * m if name in ("tr_a", "tr_b", "cross_tr") else m)
-    return moments[..., 0] * scale, unbiased * scale
+        m = moments[name]
+        term = (m * m if name in _SQUARED else m) * w
+        total = term if total is None else total + term
+    return total
 
 
 class PairMoments(torch.autograd.Function):
@@ -452,7 +468,7 @@ class PairMoments(torch.autograd.Function):
     def forward(
         x_a: torch.Tensor, x_b: torch.Tensor, which: str, gram: bool, paired: bool, full: bool
     ) -> tuple[torch.Tensor, ...]:
-        value, stats, parts, _ = _pair_moments(x_a, x_b, which, gram, paired, full)
+        value, stats, parts = _pair_moments(x_a, x_b, which, gram, paired, full)
         return value, stats, *parts
 
     @staticmethod
@@ -460,15 +476,13 @@ class PairMoments(torch.autograd.Function):
         x_a: torch.Tensor, x_b: torch.Tensor, which: str, gram: bool, paired: bool, full: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The estimate and the statistics, without an autograd node."""
-        value, stats, _, _ = _pair_moments(x_a, x_b, which, gram, paired, full)
+        value, stats, _ = _pair_moments(x_a, x_b, which, gram, paired, full)
         return value, stats
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         x_a, x_b, which, gram, paired, _ = inputs
         ctx.mark_non_differentiable(*output[1:])
-        # The moments backward needs (the traces, the plug-in's unclamped value) are
-        # recomputed from the saved parts: cheap reductions, no extra output.
         ctx.save_for_backward(x_a, x_b, *output[2:])
         ctx.which, ctx.gram, ctx.paired = which, gram, paired
         ctx.set_materialize_grads(False)
@@ -490,21 +504,22 @@ class PairMoments(torch.autograd.Function):
 
 def _pair_moments(
     x_a: torch.Tensor, x_b: torch.Tensor, which: str, gram: bool, paired: bool, full: bool
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
-    """Forward of :class:`PairMoments`: ``(value, stats, parts, moments)``."""
-    parts, moments = _moments(x_a, x_b, gram, paired, full or which == "unbiased")
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Forward of :class:`PairMoments`: ``(value, stats, parts)``."""
+    full_moments = full or which == "unbiased"
+    parts, moments = _moments(x_a, x_b, gram, paired, full_moments)
     d = x_a.shape[-1]
     scale = 1.0 / (4 * d * d)
-    if moments.shape[-1] == 1:  # the plug-in alone
-        value = moments[..., 0] * scale
-        return (value.clamp_min(0) if gram else value), moments[..., :0], parts, moments
-    plugin, unbiased = _estimates(moments, x_a.shape[-2], x_b.shape[-2], paired, scale)
-    # The Gram plug-in is clamped at 0 as a loss; the statistics keep the raw value.
+    plugin = moments["diff_sq"] * scale
+    if not full_moments:  # the plug-in alone; on the Gram path clamped at 0 as a loss
+        return (plugin.clamp_min(0) if gram else plugin), plugin.new_empty(0), parts
+    unbiased = _unbiased_estimate(moments, x_a.shape[-2], x_b.shape[-2], paired) * scale
     value = (plugin.clamp_min(0) if gram else plugin) if which == "plugin" else unbiased
     if not full:
-        return value, moments[..., :0], parts, moments
-    stats = torch.stack([plugin, unbiased, moments[..., 3] / d, moments[..., 4] / d], dim=-1)
-    return value, stats, parts, moments
+        return value, plugin.new_empty(0), parts
+    # The statistics keep the raw plug-in (unclamped), as the diagnostics always did.
+    stats = torch.stack([plugin, unbiased, moments["tr_a"] / d, moments["tr_b"] / d])
+    return value, stats, parts
 
 
 def _pair_moment_grads(
@@ -518,16 +533,19 @@ def _pair_moment_grads(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The gradients of :class:`PairMoments`'s estimate with respect to both inputs.
 
-    With :math:`w` the estimate's weights (:func:`_weights`) and :math:`k_m = 1/(n_m - 1)`,
-    the gradient with respect to the centred rows :math:`X_a` is
-    :math:`X_aM_a + X_bN_a + \operatorname{diag}(u_a)X_a + \operatorname{diag}(v)X_b`:
-    :math:`M_a = 4k_a(w_{D}(C_a - C_b) + w_{sa}C_a) + 2k_aw_{in}C_b`,
-    :math:`N_a = 2k_aw_{cs}C_{ab}`, :math:`u_a = 4w_{qa}r_a + 4k_aw_{ta}\operatorname{tr}C_a`
+    With :math:`w` the estimate's weights (:func:`_weights`), :math:`k_m = 1/(n_m - 1)` and
+    :math:`P_m = X_m^\top X_m`, :math:`P_{ab} = X_a^\top X_b` the unscaled products, the
+    gradient with respect to the centred rows :math:`X_a` is
+    :math:`X_a(\alpha_aP_a + \beta P_b) + \gamma X_bP_{ab} +
+    \operatorname{diag}(u_a)X_a + \operatorname{diag}(v)X_b` with
+    :math:`\alpha_a = 4k_a^2(w_D + w_{sa})`, :math:`\beta = k_ak_b(2w_{in} - 4w_D)`,
+    :math:`\gamma = 2k_a^2w_{cs}`, :math:`u_a = 4w_{qa}r_a + 4k_aw_{ta}\operatorname{tr}C_a`
     (:math:`r` the squared row norms), :math:`v = 2w_{qab}s + 2k_aw_{ct}\operatorname{tr}
-    C_{ab}` (:math:`s` the row dot products); symmetrically for :math:`X_b`. Only the
-    row-weighted terms have non-zero column sums, so only they are centred. On the Gram path
-    :math:`X_aC_a = k_aG_aX_a`, :math:`X_aC_b = k_bG_{ab}X_b`, :math:`X_bC_{ab} =
-    k_aG_{ab}^\top X_b`.
+    C_{ab}` (:math:`s` the row dot products); symmetrically for :math:`X_b`. On the Gram path
+    :math:`X_aP_a = G_aX_a`, :math:`X_aP_b = G_{ab}X_b`, :math:`X_bP_{ab} =
+    G_{ab}^\top X_b`. Only the row-weighted terms have non-zero column sums, so only they are
+    centred (centring's Jacobian). Each input costs one ``addmm`` per factor, the ``alpha``
+    carrying the scale.
     """
     n_a, n_b = x_a.shape[-2], x_b.shape[-2]
     w = _weights(n_a, n_b, which, paired)
@@ -538,54 +556,46 @@ def _pair_moment_grads(
     m_a, m_b, *rest = parts[5:] if paired else parts[4:]
     m_ab = rest[0] if rest else None
     k_a, k_b = 1.0 / (n_a - 1), 1.0 / (n_b - 1)
-    w_d, w_in, w_cs = w.get("diff_sq", 0.0), w.get("inner", 0.0), w.get("cross_sq", 0.0)
+    w_d, w_in, w_cs = w["diff_sq"], w.get("inner", 0.0), w.get("cross_sq", 0.0)
     if gram and which == "plugin":  # the clamp: no gradient where the value was clamped
-        raw = m_a.square().sum() * (k_a * k_a) + m_b.square().sum() * (k_b * k_b)
-        raw = raw - 2 * (k_a * k_b) * m_ab.square().sum()
-        g = g * (raw >= 0)
-    # Row weights (vectors) for the fourth moments and the squared traces.
-    row_a = row_b = row_ab = None
-    if "q_a" in w:
+        raw = _dot(m_a, m_a) * (k_a * k_a) + _dot(m_b, m_b) * (k_b * k_b)
+        g = g * ((raw - 2 * (k_a * k_b) * _dot(m_ab, m_ab)) >= 0)
+    alpha_a = 4 * k_a * k_a * (w_d + w.get("sq_a", 0.0))
+    alpha_b = 4 * k_b * k_b * (w_d + w.get("sq_b", 0.0))
+    beta = k_a * k_b * (2 * w_in - 4 * w_d)
+    gamma = 2 * k_a * k_a * w_cs
+    # Everything below is divided by alpha_m, which multiplies the result with the incoming
+    # gradient at the end (one scalar product instead of a pass over a matrix).
+    base_a = base_b = None
+    if "q_a" in w:  # the row-weighted terms (fourth moments, squared traces), centred
         tr_a, tr_b = norms_a.sum() * k_a, norms_b.sum() * k_b
-        row_a = norms_a * (4 * w["q_a"]) + tr_a * (4 * k_a * w["tr_a"])
-        row_b = norms_b * (4 * w["q_b"]) + tr_b * (4 * k_b * w["tr_b"])
+        row_a = norms_a * (4 * w["q_a"] / alpha_a) + tr_a * (4 * k_a * w["tr_a"] / alpha_a)
+        row_b = norms_b * (4 * w["q_b"] / alpha_b) + tr_b * (4 * k_b * w["tr_b"] / alpha_b)
+        base_a, base_b = rows_a * row_a[..., None], rows_b * row_b[..., None]
         if paired:
             row_ab = dots * (2 * w["q_ab"]) + dots.sum() * (2 * k_a * k_a * w["cross_tr"])
+            base_a = torch.addcmul(base_a, rows_b, row_ab[..., None], value=1 / alpha_a)
+            base_b = torch.addcmul(base_b, rows_a, row_ab[..., None], value=1 / alpha_b)
+        base_a, base_b = _subtract_mean(base_a), _subtract_mean(base_b)
     if gram:
-        # Sums of the N×N factors times the rows; sq weights fold into the own Gram factor.
-        own_a = m_a * (4 * k_a * k_a * (w_d + w.get("sq_a", 0.0)))
-        own_b = m_b * (4 * k_b * k_b * (w_d + w.get("sq_b", 0.0)))
-        other = m_ab * (k_a * k_b * (2 * w_in - 4 * w_d))
-        if paired:
-            other_a = other + m_ab.mT * (2 * k_a * k_a * w_cs)
-            other_b = other.mT + m_ab * (2 * k_a * k_a * w_cs)
+        if paired and gamma:
+            other_a = torch.add(m_ab, m_ab.mT, alpha=gamma / beta)
+            other_b = torch.add(m_ab.mT, m_ab, alpha=gamma / beta)
         else:
-            other_a, other_b = other, other.mT
-        grad_a = torch.addmm(own_a @ rows_a, other_a, rows_b)
-        grad_b = torch.addmm(own_b @ rows_b, other_b, rows_a)
+            other_a, other_b = m_ab, m_ab.mT
+        own_a = m_a @ rows_a if base_a is None else torch.addmm(base_a, m_a, rows_a)
+        own_b = m_b @ rows_b if base_b is None else torch.addmm(base_b, m_b, rows_b)
+        grad_a = torch.addmm(own_a, other_a, rows_b, alpha=beta / alpha_a)
+        grad_b = torch.addmm(own_b, other_b, rows_a, alpha=beta / alpha_b)
     else:
-        diff = m_a - m_b
-        f_a = diff * (4 * k_a * w_d)
-        f_b = diff * (-4 * k_b * w_d)
-        if "sq_a" in w:
-            f_a = f_a + m_a * (4 * k_a * w["sq_a"])
-            f_b = f_b + m_b * (4 * k_b * w["sq_b"])
-        if paired and w_in:
-            f_a = f_a + m_b * (2 * k_a * w_in)
-            f_b = f_b + m_a * (2 * k_b * w_in)
-        grad_a, grad_b = rows_a @ f_a, rows_b @ f_b
-        if paired and w_cs:
-            grad_a = torch.addmm(grad_a, rows_b, m_ab, alpha=2 * k_a * w_cs)
-            grad_b = torch.addmm(grad_b, rows_a, m_ab.mT, alpha=2 * k_b * w_cs)
-    if row_a is not None:
-        extra_a = rows_a * row_a[..., None]
-        extra_b = rows_b * row_b[..., None]
-        if paired:
-            extra_a = extra_a + rows_b * row_ab[..., None]
-            extra_b = extra_b + rows_a * row_ab[..., None]
-        grad_a = grad_a + _subtract_mean(extra_a)
-        grad_b = grad_b + _subtract_mean(extra_b)
-    return grad_a * g, grad_b * g
+        f_a = torch.add(m_a, m_b, alpha=beta / alpha_a)
+        f_b = torch.add(m_b, m_a, alpha=beta / alpha_b)
+        grad_a = rows_a @ f_a if base_a is None else torch.addmm(base_a, rows_a, f_a)
+        grad_b = rows_b @ f_b if base_b is None else torch.addmm(base_b, rows_b, f_b)
+        if paired and gamma:
+            grad_a = torch.addmm(grad_a, rows_b, m_ab, alpha=gamma / alpha_a)
+            grad_b = torch.addmm(grad_b, rows_a, m_ab.mT, alpha=gamma / alpha_b)
+    return grad_a * (g * alpha_a), grad_b * (g * alpha_b)
 
 
 for _function in (PairDistance, PairMoments):
