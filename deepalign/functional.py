@@ -645,7 +645,7 @@ def _local_estimates(
 
 
 def _group_estimates(
-    call: _Call, estimators: tuple[str, ...], validate: bool | None
+    call: _Call, estimators: tuple[str, ...]
 ) -> tuple[dict[str, list[torch.Tensor]], list[_PairMoments]]:
     """The estimates over a process group (global batch statistics, plain autograd through
     differentiable all-reduces)."""
