@@ -10,11 +10,15 @@
   side): the plug-in's path on one process, where a call's fixed cost in Python (one autograd
   node per operation) dominates small batches. :mod:`deepalign.functional` computes the values with
   the same forward code and no node when no input needs a gradient.
+- :class:`PairDistance`: the plug-in of one pair, the common case, without the bookkeeping of
+  several pairs.
+- :class:`PairMoments`: one pair's unbiased estimate (or plug-in) and, on request, the
+  diagnostics' statistics, in one node on either path: every moment from the same centred rows.
 
 Every backward here is written in differentiable operations, so that every higher derivative
 is exact (``gradgradcheck``), and every Function has a generated vmap rule for
-:mod:`torch.func`. Everything else (the unbiased estimator, the collectives) is plain autograd
-in :mod:`deepalign.functional`.
+:mod:`torch.func`. The statistics over a process group (the collectives) are plain autograd in
+:mod:`deepalign.functional`.
 """
 
 from __future__ import annotations
