@@ -363,7 +363,8 @@ def covariance_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
 
     Raises:
         TypeError: if an input is not a floating-point tensor.
-        ValueError: if the inputs are not square, differ in size, or lie on different devices.
+        ValueError: if the inputs are not square, are empty (``d = 0``), differ in size, or lie
+            on different devices.
 
     Example:
         >>> covariance_distance(torch.eye(2), torch.zeros(2, 2))
@@ -374,6 +375,8 @@ def covariance_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
     check_shape(c_b, "c_b", (c_a.shape[0], c_a.shape[0]))
     check_same_device(c_a=c_a, c_b=c_b)
     d = c_a.shape[0]
+    if d < 1:
+        raise ValueError(f"c_a: expected a (d, d) matrix with d >= 1, got shape {tuple(c_a.shape)}")
     dtype = compute_dtype(c_a, c_b)
     with no_autocast(c_a.device):
         return (c_a.to(dtype) - c_b.to(dtype)).square().sum() / (4 * d * d)
@@ -766,8 +769,8 @@ def covariance_alignment_loss(
     Raises:
         TypeError: if an input is not a floating-point tensor, or an option has the wrong type.
         ValueError: if an input is not 2-D, has fewer than 2 rows (4 for the unbiased
-            estimator) or holds NaN/Inf; if the widths differ; if the inputs lie on different
-            devices; for an unknown ``estimator`` or ``method``.
+            estimator), no column, or holds NaN/Inf; if the widths differ; if the inputs lie on
+            different devices; for an unknown ``estimator`` or ``method``.
 
     Example:
         >>> x_a = torch.tensor([[0.0, 0.0], [2.0, 0.0]])  # C_a = [[2, 0], [0, 0]]

@@ -198,6 +198,8 @@ def test_width_zero_is_a_value_error_naming_the_input(estimator):
                                     estimator=estimator)  # fmt: skip
     with pytest.raises(ValueError, match=r"x_a: expected a feature width d >= 1"):
         F.alignment_diagnostics(empty, empty)
+    with pytest.raises(ValueError, match=r"c_a: expected a \(d, d\) matrix with d >= 1, got"):
+        F.covariance_distance(torch.zeros(0, 0), torch.zeros(0, 0))
 
 
 def test_return_diagnostics_needs_four_rows_and_a_bool():
