@@ -8,7 +8,11 @@ training mode, on MOSI-shaped batches: text (B, 50, 768), audio (B, 375, 5) and 
 - ``bare``: forward, L1 loss of the fusion head only, backward, Adam step;
 - ``ulgm``: forward, :meth:`deepalign.ULGM.loss` over the four heads, backward, Adam step,
   :meth:`deepalign.ULGM.step` (epoch 2, so unimodal labels are generated);
-- ``ulgm_align``: as ``ulgm`` plus the model's ``"V-A"`` alignment loss (encoder features);
+- ``ulgm_align``: as ``ulgm`` plus the model's ``"V-A"`` alignment loss (encoder features)
+  and the alignment diagnostics the trainer logs on every step (θ, floor, unbiased value,
+  scales: one pass with the loss since issue 21; on an older tree, which lacks
+  ``alignment_loss_and_diagnostics``, the separate ``alignment_diagnostics`` pass the trainer
+  then ran, so that the script times each version's trainer work);
 - ``extras``: the work ``ulgm_align`` adds, alone: the ULGM loss, the alignment loss, their
   gradient with respect to the network's outputs (fixed, precomputed) and the ULGM step. The
   overheads of whole steps are differences of two noisy times; this one is measured directly.
@@ -86,6 +90,18 @@ def model_inputs(batch: Batch) -> tuple[torch.Tensor, ...]:
     return tuple(batch[name] for name in names)
 
 
+def trainer_alignment(model: MultiTaskMSA, outputs: dict[str, Any]) -> torch.Tensor:
+    """The alignment work of a trainer step: the loss and, from 4 rows, the logged diagnostics
+    (in one pass where the tree has it, else the older trainer's two passes)."""
+    if model.alignment is None or outputs["predictions"]["fusion"].shape[0] < 4:
+        return model.alignment_loss(outputs)
+    both = getattr(model, "alignment_loss_and_diagnostics", None)
+    if both is not None:
+        return both(outputs)[0]
+    model.alignment_diagnostics(outputs, validate=False)
+    return model.alignment_loss(outputs)
+
+
 def training_step(variant: str, batch: Batch, device: torch.device) -> Callable[[], object]:
     model = make_model("V-A" if variant == "ulgm_align" else None, device)
     optimizer = torch.optim.Adam(parameter_groups(model, TrainConfig.preset("mosi")))
@@ -99,7 +115,7 @@ def training_step(variant: str, batch: Batch, device: torch.device) -> Callable[
             loss = (outputs["predictions"]["fusion"].reshape(-1) - batch["label"]).abs().mean()
         else:
             loss = ulgm.loss(outputs["predictions"], index)
-            loss = loss + model.alignment_loss(outputs)
+            loss = loss + trainer_alignment(model, outputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -125,7 +141,7 @@ def extra_work(batch: Batch, device: torch.device) -> Callable[[], object]:
 
     def step() -> object:
         loss = ulgm.loss(outputs["predictions"], index)
-        loss = loss + model.alignment_loss(outputs)
+        loss = loss + trainer_alignment(model, outputs)
         grads = torch.autograd.grad(loss, leaves)
         ulgm.step({name: value.detach() for name, value in outputs["post"].items()}, index, 2)
         return grads

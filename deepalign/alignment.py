@@ -451,6 +451,51 @@ class ModalityAlignment(nn.Module):
             sync_dist=self.sync_dist,
             validate=self.validate,
         )
+        return self._total(thetas, return_terms)
+
+    def loss_and_diagnostics(
+        self, features: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, F.AlignmentDiagnostics]]:
+        """The loss, its terms and :meth:`diagnostics` from one computation of the statistics
+        (``pairwise_alignment_losses(..., return_diagnostics=True)``): what a training step
+        logs, without a second pass over the features or a second host read.
+
+        Args:
+            features: as when calling the module; at least 4 rows per modality (the unbiased
+                estimator's moments).
+
+        Returns:
+            ``(loss, terms, diagnostics)``: the loss and terms of ``module(features,
+            return_terms=True)`` and the dict of :meth:`diagnostics`.
+
+        Raises:
+            TypeError, ValueError: as calling the module, and for fewer than 4 rows.
+
+        Example:
+            >>> align = ModalityAlignment("V-A", {"audio": 5, "vision": 5})
+            >>> x = {"audio": torch.randn(8, 5), "vision": torch.randn(8, 5)}
+            >>> loss, terms, diag = align.loss_and_diagnostics(x)
+            >>> bool(torch.isclose(diag["vision-audio"].plugin, loss))
+            True
+        """
+        thetas, diagnostics = F.pairwise_alignment_losses(
+            self._inputs(features),
+            self._pairs(),
+            estimator=self.estimator,
+            method=self.method,
+            paired=self.paired,
+            sync_dist=self.sync_dist,
+            validate=self.validate,
+            return_diagnostics=True,
+        )
+        total, terms = self._total(thetas, True)
+        named = {str(term): d for term, d in zip(self.terms, diagnostics, strict=True)}
+        return total, terms, named
+
+    def _total(
+        self, thetas: list[torch.Tensor], return_terms: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted sum of the terms' losses (and, with ``return_terms``, each term)."""
         values = [
             self.weight * (self._private_penalty(theta) if term.private else theta)
             for term, theta in zip(self.terms, thetas, strict=True)

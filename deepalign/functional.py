@@ -34,7 +34,9 @@ from deepalign._coral import coral_transform
 from deepalign._kernels import (
     Covariance,
     GramPairDistances,
+    PairDistance,
     PairDistances,
+    PairMoments,
     centred,
     no_autocast,
 )
@@ -159,7 +161,7 @@ def _centre_all(
     inputs: Mapping[str, torch.Tensor],
     dtype: torch.dtype,
     group: dist.ProcessGroup | None,
-    validate: bool | None,
+    check: bool,
 ) -> dict[str, _Centred]:
     """Centre every input on its own mean: the local one, or over a group the global one.
 
@@ -170,20 +172,21 @@ def _centre_all(
     if group is None:
         return {n: _Centred(centred(x, dtype), x.shape[0]) for n, x in inputs.items()}
     xs = {n: x.to(dtype) for n, x in inputs.items()}
-    check = reads_values(validate, *xs.values())
     world, rank = dist.get_world_size(group), dist.get_rank(group)
+    device = next(iter(xs.values())).device
     parts = [x.sum(dim=0) for x in xs.values()]
     parts.append(torch.tensor([float(x.shape[0]) for x in xs.values()], dtype=dtype))
-    if check:
-        bad = torch.zeros(world, dtype=dtype)
-        bad[rank] = float(not all(bool(torch.isfinite(x).all()) for x in xs.values()))
+    if check:  # this rank's flag, one reduction on the device: read with the counts below
+        finite = torch.stack([torch.isfinite(x).all() for x in xs.values()]).all()
+        bad = torch.zeros(world, dtype=dtype, device=device)
+        bad[rank] = (~finite).to(dtype)
         parts.append(bad)
-    device = next(iter(xs.values())).device
     total = _AllReduce.apply(torch.cat([p.to(device) for p in parts]), group)
     counts_at = sum(x.shape[1] for x in xs.values())
-    counts = [int(c) for c in total[counts_at : counts_at + len(xs)].tolist()]
+    tail = total[counts_at:].tolist()  # the one host read: counts and flags together
+    counts = [int(c) for c in tail[: len(xs)]]
     if check:
-        bad_ranks = [r for r, flag in enumerate(total[counts_at + len(xs) :].tolist()) if flag]
+        bad_ranks = [r for r, flag in enumerate(tail[len(xs) :]) if flag]
         if bad_ranks:
             for name, x in inputs.items():
                 check_finite(x, f"{name} (rank {rank})")
@@ -325,7 +328,7 @@ def named_covariances(
     covariances = {}
     for name, x in checked.items():  # dtypes may differ: centre each input on its own
         with no_autocast(x.device):
-            rows = _centre_all({name: x}, compute_dtype(x), group, validate)
+            rows = _centre_all({name: x}, compute_dtype(x), group, reads_values(validate, x))
             if rows[name].count <= correction:
                 raise ValueError(
                     f"{name}: expected at least {correction + 1} rows in the global batch, "
@@ -360,7 +363,8 @@ def covariance_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
 
     Raises:
         TypeError: if an input is not a floating-point tensor.
-        ValueError: if the inputs are not square, differ in size, or lie on different devices.
+        ValueError: if the inputs are not square, are empty (``d = 0``), differ in size, or lie
+            on different devices.
 
     Example:
         >>> covariance_distance(torch.eye(2), torch.zeros(2, 2))
@@ -371,6 +375,8 @@ def covariance_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
     check_shape(c_b, "c_b", (c_a.shape[0], c_a.shape[0]))
     check_same_device(c_a=c_a, c_b=c_b)
     d = c_a.shape[0]
+    if d < 1:
+        raise ValueError(f"c_a: expected a (d, d) matrix with d >= 1, got shape {tuple(c_a.shape)}")
     dtype = compute_dtype(c_a, c_b)
     with no_autocast(c_a.device):
         return (c_a.to(dtype) - c_b.to(dtype)).square().sum() / (4 * d * d)
@@ -469,46 +475,6 @@ def _dense_moments(
     return moments
 
 
-def _gram_moments(
-    rows: Mapping[str, _Centred], pairs: Sequence[tuple[str, str]], paired: Sequence[bool]
-) -> list[_PairMoments]:
-    r"""The unbiased estimator's moments from ``N×N`` Gram matrices of local batches:
-    :math:`\lVert C_m\rVert^2 = k_m^2\lVert\tilde M_m\tilde M_m^\top\rVert^2`,
-    :math:`\langle C_m, C_n\rangle = k_mk_n\lVert\tilde M_m\tilde M_n^\top\rVert^2`, no ``d×d``
-    matrix (the plug-in alone takes :class:`~deepalign._kernels.GramPairDistances`)."""
-    used = list(dict.fromkeys(name for pair in pairs for name in pair))
-    x = {n: rows[n].rows for n in used}
-    k = {n: 1.0 / (rows[n].count - 1) for n in used}
-    gram = {n: x[n] @ x[n].mT for n in used}
-    sq = {n: gram[n].square().sum() * k[n] ** 2 for n in used}
-    tr = {n: gram[n].diagonal().sum() * k[n] for n in used}
-    q = {n: gram[n].diagonal().square().sum() for n in used}
-    moments = []
-    for (a, b), is_paired in zip(pairs, paired, strict=True):
-        cross = x[a] @ x[b].mT
-        inner = cross.square().sum() * (k[a] * k[b])
-        m = _PairMoments(
-            rows[a].count,
-            rows[b].count,
-            sq[a] + sq[b] - 2 * inner,
-            sq[a],
-            sq[b],
-            tr[a],
-            tr[b],
-            q[a],
-            q[b],
-        )
-        if is_paired:
-            m = m._replace(
-                inner=inner,
-                cross_sq=(cross * cross.mT).sum() * k[a] ** 2,
-                cross_tr=cross.diagonal().sum() * k[a],
-                q_ab=cross.diagonal().square().sum(),
-            )
-        moments.append(m)
-    return moments
-
-
 def _resolve_paired(
     paired: bool | None, pairs: Sequence[tuple[str, str]], rows: Mapping[str, int]
 ) -> list[bool]:
@@ -524,35 +490,64 @@ def _resolve_paired(
     return [paired] * len(pairs)
 
 
-def _pair_estimates(
+class _Call(NamedTuple):
+    """One call's arguments, checked once at the entry: everything below reads this record and
+    never calls back into the checks.
+
+    ``inputs``: the used inputs as given (for error messages), in order of first use; ``xs``:
+    the same in the compute dtype; ``pairs``: the pairs as names and ``index``: as positions
+    in ``xs``; ``pairing``: whether each pair is paired (resolved on the local row counts;
+    under a group, resolved again on the global ones); ``reads``: whether the value check
+    runs (one host read per call).
+    """
+
+    inputs: dict[str, torch.Tensor]
+    xs: tuple[torch.Tensor, ...]
+    pairs: tuple[tuple[str, str], ...]
+    index: tuple[tuple[int, int], ...]
+    d: int
+    group: dist.ProcessGroup | None
+    gram: bool
+    paired: bool | None
+    pairing: tuple[bool, ...]
+    reads: bool
+
+
+def _check_call(
     inputs: Mapping[str, torch.Tensor],
     pairs: Sequence[tuple[str, str]],
     *,
-    estimators: tuple[str, ...],
+    unbiased: bool,
     method: str,
     paired: bool | None,
     sync_dist: bool | None,
     validate: bool | None,
     prechecked: bool = False,
-) -> tuple[dict[str, list[torch.Tensor]], list[_PairMoments], list[bool]]:
-    """The one dispatcher: validate, choose the path, return estimator -> one value per pair
-    (the ``/4d²`` scale applied), the moments and whether each pair was treated as paired
-    (the last two empty on the plug-in's fused path, whose callers use neither).
+    why: str | None = None,
+) -> _Call:
+    """The one entry pass: checks the inputs (tensors, 2-D, rows, one device, one width of at
+    least 1 column), chooses the path and resolves the pairing.
 
-    ``prechecked``: ``inputs`` are the two inputs of one pair, already checked as tensors of
+    ``prechecked``: ``inputs`` are the two inputs of one pair, already checked as 2-D tensors of
     one width on one device (:func:`covariance_alignment_loss`)."""
     group = process_group(sync_dist)
-    unbiased = "unbiased" in estimators
     need = MIN_ROWS["unbiased" if unbiased else "plugin"]
-    why = " for the unbiased estimator" if unbiased else ""
+    if why is None:
+        why = " for the unbiased estimator" if unbiased else ""
     if prechecked:  # one pair of tensors, 2-D, one device and one width: row counts are left
-        checked = inputs
+        checked = dict(inputs)
         for name, x in checked.items():
             check_min_rows(x, name, 0 if group else need, why)
     else:
         checked = _check_named_features(inputs, pairs, 0 if group else need, why)
-    first = next(iter(checked.values()))
+    names = tuple(checked)
+    first = checked[names[0]]
     d = first.shape[1]
+    if d < 1:
+        raise ValueError(
+            f"{names[0]}: expected a feature width d >= 1 (at least one column), got {d} "
+            f"(shape {tuple(first.shape)})"
+        )
     local_rows = {name: x.shape[0] for name, x in checked.items()}
     if method == "gram" and group is not None:
         raise ValueError(
@@ -563,37 +558,22 @@ def _pair_estimates(
         and group is None
         and all(local_rows[m] + local_rows[n] < d for m, n in pairs)
     )
-    if group is None and not unbiased:  # the paper's loss on one process: one node, all pairs
-        if paired:
-            _resolve_paired(paired, pairs, local_rows)  # for its error: the plug-in ignores it
-        return _fused_plugin(checked, pairs, gram, validate), [], []
+    pairing = () if group is not None else tuple(_resolve_paired(paired, pairs, local_rows))
     dtype = compute_dtype(*checked.values())
-    with no_autocast(first.device):
-        rows = _centre_all(checked, dtype, group, validate)
-        counts = {name: c.count for name, c in rows.items()}
-        if group is not None:
-            short = {n: c for n, c in counts.items() if c < need}
-            if short:
-                raise ValueError(
-                    f"inputs: expected at least {need} rows{why} in the global batch, got {short}"
-                )
-        # Pairing is a property of each rank's rows (row i of both inputs is one sample).
-        pairing = _resolve_paired(paired, pairs, local_rows if group is None else counts)
-        if group is not None and any(pairing):
-            _check_paired_everywhere(pairs, pairing, local_rows, group)
-        if gram:
-            moments = _gram_moments(rows, pairs, pairing)
-        else:
-            moments = _dense_moments(rows, pairs, pairing, estimators, group)
-        scale = 1.0 / (4 * d * d)
-        out = {"plugin": [m.diff_sq * scale for m in moments]} if "plugin" in estimators else {}
-        if "unbiased" in estimators:
-            out["unbiased"] = [
-                _unbiased(m, p) * scale for m, p in zip(moments, pairing, strict=True)
-            ]
-    if reads_values(validate, *checked.values()):
-        _check_results([v for e in estimators for v in out[e]], checked)
-    return out, moments, pairing
+    xs = tuple(x if x.dtype == dtype else x.to(dtype) for x in checked.values())
+    position = {name: i for i, name in enumerate(names)}
+    return _Call(
+        checked,
+        xs,
+        tuple((a, b) for a, b in pairs),
+        tuple((position[a], position[b]) for a, b in pairs),
+        d,
+        group,
+        gram,
+        paired,
+        pairing,
+        reads_values(validate, *xs),
+    )
 
 
 def _check_named_features(
@@ -609,6 +589,8 @@ def _check_named_features(
     missing = [name for name in used if name not in inputs]
     if missing:
         raise ValueError(f"inputs: expected the names of pairs {list(pairs)}, missing {missing}")
+    if not used:
+        raise ValueError("pairs: expected at least one (first, second) pair, got none")
     checked = {n: _check_features(inputs[n], n, min_rows=need, why=why) for n in used}
     check_same_device(**checked)
     widths = {name: x.shape[1] for name, x in checked.items()}
@@ -617,28 +599,85 @@ def _check_named_features(
     return checked
 
 
-def _fused_plugin(
-    checked: Mapping[str, torch.Tensor],
-    pairs: Sequence[tuple[str, str]],
-    gram: bool,
-    validate: bool | None,
-) -> dict[str, list[torch.Tensor]]:
-    """The paper's loss of every pair of local inputs in one :class:`PairDistances` (or
-    :class:`GramPairDistances`) node."""
-    index = {name: i for i, name in enumerate(checked)}
-    pair_indexes = tuple((index[a], index[b]) for a, b in pairs)
-    xs = list(checked.values())
-    dtype = compute_dtype(*xs)
-    xs = [x if x.dtype == dtype else x.to(dtype) for x in xs]
-    function = GramPairDistances if gram else PairDistances
+def _check_values(values: Sequence[torch.Tensor], call: _Call) -> None:
+    """The call's one host read: its results, brought back as Python floats. A NaN/Inf input
+    makes every result it enters NaN/Inf (its column mean is not finite, so is the covariance
+    or Gram entry of that column), so this read also checks the inputs; the inputs are looked
+    at only when it fails, to name the culprit."""
+    if not call.reads:
+        return
+    read = values[0].item() if len(values) == 1 else torch.stack(list(values)).tolist()
+    if all(map(math.isfinite, read if isinstance(read, list) else [read])):
+        return
+    _raise_non_finite(torch.tensor(False), **call.inputs)
+
+
+def _local_estimates(
+    call: _Call, estimator: str, full: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every pair's estimate on one process and, with ``full``, its statistics vector
+    (:data:`~deepalign._kernels.STATS`): one node per pair (one for all pairs for the plain
+    plug-in of several pairs), no node when no input needs a gradient."""
+    xs = call.xs
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
     with no_autocast(xs[0].device):
-        if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
-            values = function.apply(pair_indexes, *xs)[0]
-        else:  # no gradient wanted: the same forward without an autograd node
-            values = function.value(pair_indexes, xs)
-    if reads_values(validate, *xs) and not all(map(math.isfinite, values.tolist())):
-        _raise_non_finite(torch.tensor(False), **checked)
-    return {"plugin": list(values.unbind(-1))}
+        if estimator == "plugin" and not full:
+            if len(call.index) == 1 and not call.gram:  # the common case: the shortest route
+                x_a, x_b = xs[call.index[0][0]], xs[call.index[0][1]]
+                value = PairDistance.apply(x_a, x_b)[0] if grad else PairDistance.value(x_a, x_b)
+                return [value], []
+            if len(call.index) > 1:  # every pair in one node, each input's statistics once
+                function = GramPairDistances if call.gram else PairDistances
+                if grad:
+                    values = function.apply(call.index, *xs)[0]
+                else:
+                    values = function.value(call.index, xs)
+                return list(values.unbind(-1)), []
+        values, stats = [], []
+        for (a, b), is_paired in zip(call.index, call.pairing, strict=True):
+            # The plug-in alone needs no pairing (no cross moments on the dense path).
+            pair_paired = is_paired and (full or estimator == "unbiased")
+            args = (xs[a], xs[b], estimator, call.gram, pair_paired, full)
+            if grad:
+                value, stat = PairMoments.apply(*args)[:2]
+            else:
+                value, stat = PairMoments.value(*args)
+            values.append(value)
+            stats.append(stat)
+    return values, stats
+
+
+def _group_estimates(
+    call: _Call, estimators: tuple[str, ...]
+) -> tuple[dict[str, list[torch.Tensor]], list[_PairMoments]]:
+    """The estimates over a process group (global batch statistics, plain autograd through
+    differentiable all-reduces)."""
+    group, d = call.group, call.d
+    unbiased = "unbiased" in estimators
+    need = MIN_ROWS["unbiased" if unbiased else "plugin"]
+    why = " for the unbiased estimator" if unbiased else ""
+    with no_autocast(call.xs[0].device):
+        named = dict(zip(call.inputs, call.xs, strict=True))
+        rows = _centre_all(named, call.xs[0].dtype, group, call.reads)
+        counts = {name: c.count for name, c in rows.items()}
+        short = {n: c for n, c in counts.items() if c < need}
+        if short:
+            raise ValueError(
+                f"inputs: expected at least {need} rows{why} in the global batch, got {short}"
+            )
+        # Pairing is a property of each rank's rows (row i of both inputs is one sample).
+        pairing = _resolve_paired(call.paired, call.pairs, counts)
+        if any(pairing):
+            local_rows = {name: x.shape[0] for name, x in call.inputs.items()}
+            _check_paired_everywhere(call.pairs, pairing, local_rows, group)
+        moments = _dense_moments(rows, call.pairs, pairing, estimators, group)
+        scale = 1.0 / (4 * d * d)
+        out = {"plugin": [m.diff_sq * scale for m in moments]} if "plugin" in estimators else {}
+        if unbiased:
+            out["unbiased"] = [
+                _unbiased(m, p) * scale for m, p in zip(moments, pairing, strict=True)
+            ]
+    return out, moments
 
 
 def _check_paired_everywhere(
@@ -730,8 +769,8 @@ def covariance_alignment_loss(
     Raises:
         TypeError: if an input is not a floating-point tensor, or an option has the wrong type.
         ValueError: if an input is not 2-D, has fewer than 2 rows (4 for the unbiased
-            estimator) or holds NaN/Inf; if the widths differ; if the inputs lie on different
-            devices; for an unknown ``estimator`` or ``method``.
+            estimator), no column, or holds NaN/Inf; if the widths differ; if the inputs lie on
+            different devices; for an unknown ``estimator`` or ``method``.
 
     Example:
         >>> x_a = torch.tensor([[0.0, 0.0], [2.0, 0.0]])  # C_a = [[2, 0], [0, 0]]
@@ -750,17 +789,22 @@ def covariance_alignment_loss(
             "project the features to a common width first (CovarianceAlignmentLoss(in_dims=..., "
             "proj_dim=...))"
         )
-    values, _, _ = _pair_estimates(
+    call = _check_call(
         {"x_a": x_a, "x_b": x_b},
-        [("x_a", "x_b")],
-        estimators=(estimator,),
+        (("x_a", "x_b"),),
+        unbiased=estimator == "unbiased",
         method=method,
         paired=paired,
         sync_dist=sync_dist,
         validate=validate,
         prechecked=True,
     )
-    return values[estimator][0]
+    if call.group is None:
+        values = _local_estimates(call, estimator, False)[0]
+    else:
+        values = _group_estimates(call, (estimator,))[0][estimator]
+    _check_values(values, call)
+    return values[0]
 
 
 def pairwise_alignment_losses(
@@ -772,7 +816,8 @@ def pairwise_alignment_losses(
     paired: bool | None = None,
     sync_dist: bool | None = None,
     validate: bool | None = None,
-) -> list[torch.Tensor]:
+    return_diagnostics: bool = False,
+) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[AlignmentDiagnostics]]:
     r"""The loss of :func:`covariance_alignment_loss` for several pairs of named inputs, each
     input's statistics computed once.
 
@@ -789,9 +834,14 @@ def pairwise_alignment_losses(
         paired: as in :func:`covariance_alignment_loss`, for every pair.
         sync_dist: as in :func:`covariance`.
         validate: as in :func:`covariance_alignment_loss`.
+        return_diagnostics: also return each pair's :class:`AlignmentDiagnostics` (detached),
+            computed from the same moments as the loss, in the same node (no second pass over
+            the features, no extra host read): what a trainer logs on every step. Needs at
+            least 4 rows per input, as the unbiased estimator. Default: ``False``.
 
     Returns:
-        One 0-dim tensor per pair, in order.
+        One 0-dim tensor per pair, in order; with ``return_diagnostics``, ``(losses,
+        diagnostics)``, one :class:`AlignmentDiagnostics` per pair.
 
     Shape:
         - inputs[name]: :math:`(N_\text{name}, d)`
@@ -800,7 +850,7 @@ def pairwise_alignment_losses(
     Raises:
         TypeError, ValueError: as :func:`covariance_alignment_loss`, naming the input; also if
             a name in ``pairs`` is not in ``inputs``, a pair repeats a name, or the widths
-            differ.
+            differ; with ``return_diagnostics``, for fewer than 4 rows per input.
 
     Example:
         >>> x = {m: torch.randn(6, 3) for m in ("text", "audio", "vision")}
@@ -809,16 +859,33 @@ def pairwise_alignment_losses(
         True
     """
     _check_options(estimator, method, paired, validate)
-    values, _, _ = _pair_estimates(
+    if not isinstance(return_diagnostics, bool):
+        raise TypeError(f"return_diagnostics: expected True or False, got {return_diagnostics!r}")
+    why = " for the diagnostics (the unbiased estimator's moments)" if return_diagnostics else None
+    call = _check_call(
         inputs,
         pairs,
-        estimators=(estimator,),
+        unbiased=estimator == "unbiased" or return_diagnostics,
         method=method,
         paired=paired,
         sync_dist=sync_dist,
         validate=validate,
+        why=None if estimator == "unbiased" else why,
     )
-    return values[estimator]
+    if call.group is None:
+        values, stats = _local_estimates(call, estimator, return_diagnostics)
+        _check_values(values, call)
+        if not return_diagnostics:
+            return values
+        return values, [_diagnostics_of(s) for s in stats]
+    if not return_diagnostics:
+        values = _group_estimates(call, (estimator,))[0][estimator]
+        _check_values(values, call)
+        return values
+    estimates, moments = _group_estimates(call, ESTIMATORS)
+    values = estimates[estimator]
+    _check_values(values, call)
+    return values, _group_diagnostics(estimates, moments, call.d)
 
 
 class AlignmentDiagnostics(NamedTuple):
@@ -874,20 +941,42 @@ def pairwise_alignment_diagnostics(
         True
     """
     _check_options("unbiased", method, paired, validate)
-    values, moments, _ = _pair_estimates(
+    call = _check_call(
         inputs,
         pairs,
-        estimators=("plugin", "unbiased"),
+        unbiased=True,
         method=method,
         paired=paired,
         sync_dist=sync_dist,
         validate=validate,
     )
-    d = inputs[pairs[0][0]].shape[1]
-    return [
-        AlignmentDiagnostics(plugin, unbiased, plugin - unbiased, m.tr_a / d, m.tr_b / d)
-        for plugin, unbiased, m in zip(values["plugin"], values["unbiased"], moments, strict=True)
-    ]
+    if call.group is None:
+        values, stats = _local_estimates(call, "unbiased", True)
+        _check_values(values, call)
+        return [_diagnostics_of(s) for s in stats]
+    estimates, moments = _group_estimates(call, ESTIMATORS)
+    _check_values(estimates["unbiased"], call)
+    return _group_diagnostics(estimates, moments, call.d)
+
+
+def _diagnostics_of(stats: torch.Tensor) -> AlignmentDiagnostics:
+    """:class:`AlignmentDiagnostics` from :class:`~deepalign._kernels.PairMoments`'s
+    statistics vector."""
+    plugin, unbiased, scale_a, scale_b = stats.detach().unbind()
+    return AlignmentDiagnostics(plugin, unbiased, plugin - unbiased, scale_a, scale_b)
+
+
+def _group_diagnostics(
+    estimates: Mapping[str, list[torch.Tensor]], moments: Sequence[_PairMoments], d: int
+) -> list[AlignmentDiagnostics]:
+    """:class:`AlignmentDiagnostics` from the group path's estimates and moments."""
+    out = []
+    pairs = zip(estimates["plugin"], estimates["unbiased"], moments, strict=True)
+    for plugin, unbiased, m in pairs:
+        plugin, unbiased = plugin.detach(), unbiased.detach()
+        out.append(AlignmentDiagnostics(plugin, unbiased, plugin - unbiased,
+                                        m.tr_a.detach() / d, m.tr_b.detach() / d))  # fmt: skip
+    return out
 
 
 def alignment_diagnostics(

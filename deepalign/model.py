@@ -699,6 +699,40 @@ class MultiTaskMSA(nn.Module):
             return (zero, {}) if return_terms else zero
         return self.alignment(self._aligned_features(outputs), return_terms=return_terms)
 
+    def alignment_loss_and_diagnostics(
+        self, outputs: dict[str, dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        """:meth:`alignment_loss` with ``return_terms`` and :meth:`alignment_diagnostics`
+        from one computation of the statistics
+        (:meth:`ModalityAlignment.loss_and_diagnostics
+        <deepalign.ModalityAlignment.loss_and_diagnostics>`): what the trainer runs on every
+        step. Without a configured alignment: a zero loss and empty dicts.
+
+        Args:
+            outputs: the dict returned by :meth:`forward`, at least 4 samples.
+
+        Returns:
+            ``(loss, terms, diagnostics)``.
+
+        Raises:
+            ValueError: as :meth:`alignment_loss`, and for fewer than 4 samples.
+
+        Example:
+            >>> import torch
+            >>> from deepalign import MSAConfig, MultiTaskMSA
+            >>> config = MSAConfig.preset("mosi", text_mode="features", feature_dims=(8, 5, 20),
+            ...                           alignment="V-A")
+            >>> model = MultiTaskMSA(config)
+            >>> out = model(torch.randn(6, 3, 8), torch.randn(6, 4, 5), torch.full((6,), 4),
+            ...             torch.randn(6, 4, 20), torch.full((6,), 4))
+            >>> loss, terms, diag = model.alignment_loss_and_diagnostics(out)
+            >>> bool(torch.isclose(diag["vision-audio"].plugin, loss))
+            True
+        """
+        if self.alignment is None:
+            return outputs["predictions"]["fusion"].new_zeros(()), {}, {}
+        return self.alignment.loss_and_diagnostics(self._aligned_features(outputs))
+
     def alignment_diagnostics(
         self, outputs: dict[str, dict[str, torch.Tensor]], *, validate: bool | None = None
     ) -> dict[str, Any]:

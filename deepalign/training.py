@@ -519,27 +519,31 @@ class Trainer:
         outputs = self.network(*args, **kwargs)
         index = batch["index"].to(self.device, non_blocking=True)
         ulgm_loss, ulgm_terms = self.ulgm.loss(outputs["predictions"], index, return_terms=True)
-        align_loss, align_terms = self.model.alignment_loss(outputs, return_terms=True)
+        # One computation of the alignment's statistics gives the loss and what is logged.
+        if outputs["predictions"]["fusion"].shape[0] < MIN_ROWS["unbiased"]:
+            align_loss, align_terms = self.model.alignment_loss(outputs, return_terms=True)
+            diagnostics = {}
+        else:
+            align_loss, align_terms, diagnostics = self.model.alignment_loss_and_diagnostics(
+                outputs
+            )
         loss = ulgm_loss + align_loss
         loss.backward()
         features = {name: value.detach() for name, value in outputs["post"].items()}
         self.ulgm.step(features, index, epoch)
         terms = {"loss": loss, "alignment": align_loss} | ulgm_terms
         terms |= {f"align_{name}": value for name, value in align_terms.items()}
-        terms |= self._diagnostics(outputs)
+        terms |= self._diagnostics(diagnostics)
         return {name: value.detach() for name, value in terms.items()}
 
-    def _diagnostics(self, outputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Per term the plug-in and unbiased theta and the floor; per modality its scale.
+    def _diagnostics(self, diagnostics: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per term the plug-in and unbiased theta and the floor; per modality its scale, from
+        the diagnostics that the step's alignment loss computed with it.
 
-        Left out for a batch below the unbiased estimator's minimum of rows (a short last
+        Empty for a batch below the unbiased estimator's minimum of rows (a short last
         batch); the epoch's means then cover the other batches.
         """
         found: dict[str, torch.Tensor] = {}
-        if outputs["predictions"]["fusion"].shape[0] < MIN_ROWS["unbiased"]:
-            return found
-        # The step's alignment loss has just validated these features: no second host sync.
-        diagnostics = self.model.alignment_diagnostics(outputs, validate=False)
         for term, (name, d) in zip(self.model.alignment.terms if diagnostics else (),
                                    diagnostics.items(), strict=True):  # fmt: skip
             found[f"align_{name}_plugin"] = d.plugin

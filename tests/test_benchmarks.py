@@ -167,3 +167,26 @@ def test_compare_versions_ratios_noise_and_verdicts():
         "3000000 µs",
         "1.50 ± 0.14 (slower)",
     ]
+
+
+def test_gpu_check_cpu_smoke_writes_its_report(tmp_path, capsys):
+    """scripts/gpu_check.sh's benchmark part on a CPU: smoke sizes, the table, the JSON."""
+    sys.modules.pop("bench_loss", None)
+    sys.modules.pop("bench_train_step", None)
+    out = tmp_path / "gpu_check.json"
+    returned = load_script_named("gpu_check").main(["--device", "cpu", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report == json.loads(json.dumps(returned))
+    assert report["mode"] == "cpu-smoke"
+    assert [(r["n"], r["d"], r["path"]) for r in report["loss"]] == [
+        (64, 32, "dxd"),
+        (8, 128, "gram"),
+    ]
+    for result in report["loss"]:
+        for variant in ("deepalign", "unbiased", "unbiased_indep", "floor"):
+            assert result[variant]["median_s"] > 0
+    assert report["train_step"]["batch_size"] == 4
+    printed = capsys.readouterr().out
+    assert "CPU smoke" in printed
+    assert "unbiased ÷ plug-in" in printed
+    assert "train step, batch 4" in printed
