@@ -85,8 +85,8 @@ MOSI_LABELS_ORIGIN = (
 #: The standard validation videos of CMU-MOSI (A2Zadeh/CMU-MultimodalSDK,
 #: ``cmu_mosi_std_folds.py``, ``standard_valid_fold``).
 MOSI_STANDARD_VALID_FOLD = (
-    "WKA5OygbEKI", "X3j2zQgwYgE", "ZAIRrfG22O0", "_dI--eQ6qVU", "bOL9jKpeJRs",
-    "cXypl4FnoZo", "d3_k5Xpfmik", "iiK8YX8oH1E", "tStelxIAHjw", "ZUXBRvtny7o",
+    "WKA5OygbEKI", "c5xsKMxpXnc", "atnd_PF-Lbs", "bvLlb-M3UXU", "bOL9jKpeJRs",
+    "_dI--eQ6qVU", "ZAIRrfG22O0", "X3j2zQgwYgE", "aiEXnCPZubE", "ZUXBRvtny7o",
 )  # fmt: skip
 MOSI_MAX_TOKENS = 50
 #: ``(feature key, release sub-folder, feature width)``.
