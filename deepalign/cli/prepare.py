@@ -311,8 +311,8 @@ def build_office_caltech10(source: str | os.PathLike[str], out: str | os.PathLik
                 f"{labels.size} and 'imgNames' {len(images)} entries"
             )
         x = fts.astype(np.float32)
-        if not np.array_equal(x, fts):
-            raise ValueError(f"{name}: 'fts' must hold counts exact in float32")
+        if not (np.array_equal(x, fts) and np.array_equal(fts, np.round(fts))):
+            raise ValueError(f"{name}: 'fts' must hold integer counts exact in float32")
         y = labels.astype(np.int64)
         if not np.array_equal(y, labels) or y.min() < 1 or y.max() > OFFICE_NUM_CLASSES:
             raise ValueError(
