@@ -264,8 +264,8 @@ def build_office_caltech10(source: str | os.PathLike[str], out: str | os.PathLik
         A report dict with ``path`` (the file written), ``sha256`` (of the file) and
         ``sha256_match`` (whether it is the documented one), ``zip`` (sha256 verdict on the
         zip or ``None`` for a folder), ``sources`` and ``arrays`` (per file and per array:
-        ``sha256`` or ``sha256_16``, ``documented``, ``match``), ``shapes`` and ``match`` (every documented
-        array hash matched).
+        ``sha256`` or ``sha256_16``, ``documented``, ``match``), ``shapes`` and ``match``
+        (every documented array hash matched).
 
     Raises:
         FileNotFoundError: if ``source`` or one of the eight ``.mat`` files is missing.
