@@ -74,6 +74,7 @@ def zip_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
+@pytest.mark.filterwarnings("ignore:.*differs from the documented")  # asserted for amazon
 @pytest.mark.parametrize("as_zip", [False, True])
 def test_office_builds_the_release_losslessly(tmp_path, as_zip):
     written = fake_office(tmp_path / "release")
@@ -148,6 +149,7 @@ def test_office_names_the_missing_or_malformed_file(tmp_path, skip, override, er
     assert not (tmp_path / "out" / prepare.OFFICE_FILE).exists()
 
 
+@pytest.mark.filterwarnings("ignore:.*differs from the documented")
 def test_office_rejects_a_bad_source(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"source: no file or folder at .*CORAL_Source"):
         prepare.build_office_caltech10(tmp_path / "nothing", tmp_path)
@@ -427,3 +429,15 @@ def test_mosi_real_releases_give_the_shared_file(tmp_path, tokenizer):
                 key,
             )
     assert report["match"]
+
+
+def test_mosi_names_a_malformed_label_file(tmp_path, tokenizer):
+    fake_mosi(tmp_path / "src")
+    with h5py.File(tmp_path / "src" / prepare.MOSI_LABELS_FILE, "a") as file:
+        file["Opinion Segment Labels/data/vidA"].move("features", "values")
+    with pytest.raises(ValueError, match=r"Labels.csd: video 'vidA' has no 'features'"):
+        prepare.build_mosi_bclstm(tmp_path / "src", tmp_path / "m.pkl")
+    with h5py.File(tmp_path / "src" / prepare.MOSI_LABELS_FILE, "a") as file:
+        file.create_group("another sequence")
+    with pytest.raises(ValueError, match=r"expected one computational sequence with a 'data'"):
+        prepare.build_mosi_bclstm(tmp_path / "src", tmp_path / "m.pkl")

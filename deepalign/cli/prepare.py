@@ -425,6 +425,11 @@ def _read_labels(path: Path) -> dict[str, np.ndarray]:
             data = file[roots[0]]["data"]
             labels = {}
             for video in data:
+                if "features" not in data[video]:
+                    raise ValueError(
+                        f"{MOSI_LABELS_FILE}: video {video!r} has no 'features' (the file "
+                        f"comes from {MOSI_LABELS_ORIGIN})"
+                    )
                 features = np.asarray(data[video]["features"][()], dtype=np.float64)
                 if features.ndim != 2 or features.shape[1] != 1:
                     raise ValueError(
