@@ -354,6 +354,7 @@ def test_register_documents_every_option():
         for action in job._actions:
             assert action.help, (name, action.dest)
         assert "(default:" in job.format_help()
+        assert "(default: None)" not in job.format_help()  # required or explained
 
 
 # --------------------------------------------------------------------------------------------

