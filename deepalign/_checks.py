@@ -113,7 +113,8 @@ def check_shape(x: torch.Tensor, name: str, shape: Sequence[int | str | None]) -
         and len(set(named_sizes)) == len(named_sizes)
     ):
         return  # only free sizes: nothing more to check (the common case, made cheap)
-    pattern = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+    sizes = ["*" if s is None else str(s) for s in shape]
+    pattern = f"({sizes[0]},)" if len(sizes) == 1 else "(" + ", ".join(sizes) + ")"  # as tuples
     if x.dim() != len(shape):
         raise ValueError(
             f"{name}: expected a {len(shape)}-D tensor of shape {pattern}, "

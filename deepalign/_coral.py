@@ -31,8 +31,9 @@ def _check_covariance_pair(c_a: object, c_b: object) -> tuple[torch.Tensor, torc
     check_shape(c_a, "c_a", ("d", "d"))
     check_shape(c_b, "c_b", (c_a.shape[0], c_a.shape[0]))
     check_same_device(c_a=c_a, c_b=c_b)
-    check_finite(c_a, "c_a")
-    check_finite(c_b, "c_b")
+    if c_a.device.type != "meta":  # meta tensors hold no values to check
+        check_finite(c_a, "c_a")
+        check_finite(c_b, "c_b")
     return c_a, c_b
 
 
@@ -62,11 +63,14 @@ def _psd_eigh(
     values, vectors = torch.linalg.eigh((c + c.mT) / 2)
     values, vectors = values.flip(-1), vectors.flip(-1)
     largest = values[0].clamp_min(0)
-    if values[-1] < -psd_tol * largest:
+    tolerance = psd_tol * largest
+    if values[-1] < -tolerance:
+        floor = -tolerance.item() + 0.0  # + 0.0: a zero tolerance prints as 0, not -0
         raise ValueError(
-            f"{name}: expected a positive semi-definite matrix, got eigenvalue "
-            f"{values[-1].item():.3g} below the round-off tolerance -psd_tol · λ_max = "
-            f"{-psd_tol * largest.item():.3g} (largest eigenvalue {values[0].item():.3g})"
+            f"{name}: expected a positive semi-definite matrix, got smallest eigenvalue "
+            f"{values[-1].item():.3g}, below the round-off tolerance applied, {floor:.3g} "
+            f"(-psd_tol · max(λ_max, 0) with psd_tol = {psd_tol:.3g} and largest eigenvalue "
+            f"λ_max = {values[0].item():.3g})"
         )
     return values.clamp_min(0), vectors
 
@@ -214,7 +218,8 @@ def coral_transform(
 
     Returns:
         :math:`A` as a ``(d, d)`` tensor in the inputs' promoted dtype (at least float32) on
-        their device.
+        their device. On meta tensors, an uninitialised meta tensor of that shape and dtype
+        (no value is checked), as the losses do.
 
     Shape:
         - c_a, c_b: :math:`(d, d)`
@@ -255,6 +260,8 @@ def coral_transform(
     rtol = d * unit if eps is None else eps
     psd_tol = d * unit if psd_tol is None else psd_tol
     sym_tol = math.sqrt(unit) if sym_tol is None else sym_tol
+    if c_a.device.type == "meta":  # shape and dtype only, as the losses do on meta tensors
+        return torch.empty((d, d), dtype=dtype, device=c_a.device)
     with no_autocast(c_a.device):
         values_a, vectors_a = _psd_eigh(c_a.to(dtype), "c_a", sym_tol, psd_tol)
         values_b, vectors_b = _psd_eigh(c_b.to(dtype), "c_b", sym_tol, psd_tol)

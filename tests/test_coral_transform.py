@@ -1,6 +1,7 @@
 """deepalign.functional.coral_transform: optimality, which minimiser, determinism, tolerances."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -538,3 +539,31 @@ def test_zero_covariances_give_the_zero_map(method):
     rank_1 = torch.diag(torch.tensor([1.0, 0.0, 0.0], dtype=f64))
     for c_a, c_b in [(zero, eye), (eye, zero), (rank_1, zero)]:
         assert torch.equal(F.coral_transform(c_a, c_b, method=method), zero)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_meta_tensors_give_shape_and_dtype(dtype):
+    """Issue 19: on meta tensors the result has the real call's shape and dtype, no value read."""
+    c = torch.eye(4, dtype=dtype)
+    out = F.coral_transform(c.to("meta"), c.to("meta"), method="ot")
+    real = F.coral_transform(c, c, method="ot")
+    assert out.device.type == "meta"
+    assert (out.shape, out.dtype) == (real.shape, real.dtype)
+    with pytest.raises(ValueError, match=r"c_b: expected shape \(4, 4\)"):
+        F.coral_transform(c.to("meta"), torch.eye(3, device="meta", dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    ("c_a", "smallest", "floor"),
+    [
+        (-torch.eye(3), "-1", "0"),  # all eigenvalues negative: tolerance 0, printed as 0
+        (torch.diag(torch.tensor([2.0, 1.0, -0.5])), "-0.5", "-7.15e-07"),  # 2 · 3 · 2^-23
+    ],
+)
+def test_psd_error_states_smallest_eigenvalue_and_applied_tolerance(c_a, smallest, floor):
+    """Issue 19: the message names the smallest eigenvalue and the tolerance applied (never -0)."""
+    stated = f"got smallest eigenvalue {smallest}, below the round-off tolerance applied, {floor} ("
+    with pytest.raises(ValueError, match=r"^c_a: expected a positive semi-definite") as info:
+        F.coral_transform(c_a, torch.eye(3))
+    assert stated in str(info.value)
+    assert not re.search(r"(^|[ =])-0($|[ ,)])", str(info.value))

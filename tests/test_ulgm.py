@@ -496,7 +496,7 @@ def test_loss_and_init_labels_reject_bad_inputs(trained):
         trained.loss({"fusion": torch.zeros(2)}, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="labels: expected finite values"):
         trained.init_labels(torch.tensor([0]), torch.tensor([float("nan")]))
-    with pytest.raises(ValueError, match=r"labels: expected shape \(2\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"labels: expected shape \(2,\), got \(3,\)"):
         trained.init_labels(torch.tensor([0, 1]), torch.zeros(3))
     with pytest.raises(ValueError, match="name: expected one of"):
         trained.labels("audio")
@@ -549,3 +549,11 @@ def test_trajectory_plot_draws_one_panel_per_unimodal_modality():
     degenerate = LabelTrajectory()
     degenerate.record(ULGM(6, MOSI_DIMS), 1)  # every label 0: an empty histogram range
     assert len(degenerate.plot().axes) == 3
+
+
+def test_one_dimensional_shapes_print_as_tuples(trained):
+    """Issue 19: a 1-D expected shape reads ``(2,)`` like the found one, not ``(2)``."""
+    with pytest.raises(ValueError, match=r"^labels: expected shape \(2,\), got \(3,\)$"):
+        trained.init_labels(torch.tensor([0, 1]), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"expected a 1-D tensor of shape \(B,\), got a 2-D"):
+        trained.init_labels(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2))
