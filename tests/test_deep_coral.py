@@ -214,3 +214,24 @@ def test_cli_options_have_help_and_defaults():
     assert "(default:" in job.format_help()
     with pytest.raises(SystemExit):
         parser.parse_args(["deep-coral", "control", "--shifts", "A-A"])
+
+
+def test_report_keeps_only_complete_groups():
+    def rec(shift, seed, est, w):
+        return {
+            "shift": shift,
+            "seed": seed,
+            "batch_size": 32,
+            "estimator": est,
+            "placement": None if w is None else "hidden",
+            "weight": w,
+        }
+
+    records = [
+        rec("A→W", 0, "source-only", None),
+        rec("A→W", 0, "plugin", 1.0),
+        rec("A→W", 1, "source-only", None),
+    ]
+    kept, dropped = dc.complete_groups(records)
+    assert kept == records[:2]
+    assert dropped == ["A→W seed 1 batch 32: 1 of 2 cells"]

@@ -480,7 +480,7 @@ def summarize_office(records: Sequence[dict]) -> dict:
             "logits_scale_target": float(np.mean([r["logits_scale_target"] for r in rows])),
         }
     selection: dict[str, dict] = {}
-    for criterion in (*CRITERIA, "oracle"):
+    for criterion in (*CRITERIA, "dev_skada", "oracle"):
         if criterion != "oracle" and not all(f"score_{criterion}" in r for r in cells):
             continue
         picks = select(cells, criterion)
@@ -659,13 +659,34 @@ def office_cells(args: argparse.Namespace) -> list[dict]:
     return cells
 
 
+def complete_groups(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
+    """Only the (shift, seed, batch size) groups that hold every cell their batch size has
+    anywhere in the run (so that every mean is over the same runs); also the dropped groups."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["shift"], r["seed"], r["batch_size"]), []).append(r)
+    full: dict[int, set] = {}
+    for (_, _, b), rs in groups.items():
+        full.setdefault(b, set()).update(cell_key(r).split(f"_s{r['seed']}")[1] for r in rs)
+    kept, dropped = [], []
+    for (shift, seed, b), rs in sorted(groups.items()):
+        have = {cell_key(r).split(f"_s{r['seed']}")[1] for r in rs}
+        if have == full[b]:
+            kept += rs
+        else:
+            dropped.append(f"{shift} seed {seed} batch {b}: {len(have)} of {len(full[b])} cells")
+    return kept, dropped
+
+
 def report(args: argparse.Namespace, records: list[dict], wall: float | None) -> dict:
     out = Path(args.out)
+    records, dropped = complete_groups(records)
     meta = {
         "mode": args.mode,
         "command": "python -m deepalign.cli.deep_coral " + " ".join(sys.argv[1:]),
         "versions": _machine(),
         "n_cells": len(records),
+        "incomplete_groups_left_out": dropped,
         "sum_cell_seconds": float(sum(r.get("cell_seconds", 0.0) for r in records)),
         "wall_seconds_this_invocation": wall,
     }
