@@ -710,6 +710,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     start = time.perf_counter()
+    if args.quick:
+        args.seeds, args.shifts, args.lambdas = [0], args.shifts[:1], args.lambdas[:2]
+        args.steps, args.control_n = min(args.steps, 20), min(args.control_n, 100)
     if args.mode == "control":
         if args.seeds is None:
             args.seeds = list(range(10))
@@ -855,6 +858,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-scores", action="store_true", help="skip the label-free scorers (no skada needed)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: seed 0, one shift, the first two λ, 20 steps (numbers not comparable)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -379,6 +379,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--no-full", action="store_true", default=False, help="skip all-source protocol"
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: shifts A→W and D→W, at most 2 rounds (numbers not comparable)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -397,6 +402,8 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.quick:
+        args.shifts, args.rounds = ["A→W", "D→W"], min(args.rounds, 2)
     shifts = tuple(_parse_shift(s) for s in args.shifts)
     start = time.perf_counter()
     result = run_protocols(
