@@ -13,6 +13,7 @@ import re
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -442,7 +443,13 @@ class ModalityAlignment(nn.Module):
     def forward(
         self, features: Mapping[str, torch.Tensor], *, return_terms: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        thetas = F.pairwise_alignment_losses(
+        thetas = self._estimates(features)
+        return self._total(thetas, return_terms)
+
+    def _estimates(self, features: Mapping[str, torch.Tensor], **options: Any) -> Any:
+        """The one call of :func:`~deepalign.functional.pairwise_alignment_losses` with this
+        module's options (``return_diagnostics=True`` adds the diagnostics)."""
+        return F.pairwise_alignment_losses(
             self._inputs(features),
             self._pairs(),
             estimator=self.estimator,
@@ -450,8 +457,8 @@ class ModalityAlignment(nn.Module):
             paired=self.paired,
             sync_dist=self.sync_dist,
             validate=self.validate,
+            **options,
         )
-        return self._total(thetas, return_terms)
 
     def loss_and_diagnostics(
         self, features: Mapping[str, torch.Tensor]
@@ -478,16 +485,7 @@ class ModalityAlignment(nn.Module):
             >>> bool(torch.isclose(diag["vision-audio"].plugin, loss))
             True
         """
-        thetas, diagnostics = F.pairwise_alignment_losses(
-            self._inputs(features),
-            self._pairs(),
-            estimator=self.estimator,
-            method=self.method,
-            paired=self.paired,
-            sync_dist=self.sync_dist,
-            validate=self.validate,
-            return_diagnostics=True,
-        )
+        thetas, diagnostics = self._estimates(features, return_diagnostics=True)
         total, terms = self._total(thetas, True)
         named = {str(term): d for term, d in zip(self.terms, diagnostics, strict=True)}
         return total, terms, named

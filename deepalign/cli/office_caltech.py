@@ -422,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
     import deepalign
 
     result["meta"] = {
-        "command": "python -m deepalign.cli.office_caltech " + " ".join(sys.argv[1:]),
+        "command": "deepalign office-caltech " + " ".join(_portable(sys.argv[1:], args.data)),
         "wall_time_s": round(wall, 1),
         "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -452,6 +452,11 @@ def run(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {path} ({wall:.0f} s)")
     return 0
+
+
+def _portable(argv: Sequence[str], data: Path) -> list[str]:
+    """The command line with the data file written by its name only (no machine path)."""
+    return [Path(data).name if a == str(data) else a for a in argv]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
